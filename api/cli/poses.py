@@ -1,0 +1,9 @@
+"""CLI: poses (capture ingest and pose estimation)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    return None

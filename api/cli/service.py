@@ -1,0 +1,9 @@
+"""CLI: serve, submit, keys, reconstruct."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    return None
