@@ -70,6 +70,12 @@ class Capture:
             if (img.shape[1], img.shape[0]) != (k.width, k.height):
                 raise ValueError(f"image {name}: size {img.shape[1]}x{img.shape[0]} does not match "
                                  f"intrinsics {k.width}x{k.height}")
+        if self.masks is not None:
+            if len(self.masks) != n:
+                raise ValueError(f"capture: {n} images but {len(self.masks)} masks")
+            for m, img, name in zip(self.masks, self.images, self.names, strict=True):
+                if m is not None and (m.dtype != np.bool_ or m.shape != img.shape[:2]):
+                    raise ValueError(f"mask of {name}: expected {img.shape[:2]} bool, got {m.shape} {m.dtype}")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -180,25 +186,30 @@ def choose_scene_mode(c2w: np.ndarray) -> tuple[SceneMode, np.ndarray]:
     to_focus = focus[None] - origins
     dist = np.linalg.norm(to_focus, axis=1)
     cos = (to_focus * fwd).sum(1) / np.maximum(dist, 1e-9)
-    # Orbit: everybody looks at the focus (within ~25 deg) from all around it.
-    spread = np.linalg.norm((origins - focus) / np.maximum(dist, 1e-9)[:, None], axis=1)
-    dirs = (origins - focus) / np.maximum(dist, 1e-9)[:, None]
-    around = np.linalg.norm(dirs.mean(0)) < 0.75  # directions do not all point the same way
-    looks_in = np.mean(cos > np.cos(np.deg2rad(25))) > 0.9
-    mode: SceneMode = "bounded" if (looks_in and around and spread.min() > 0) else "unbounded"
+    looks_in = bool(np.mean(cos > np.cos(np.deg2rad(25))) > 0.9)
+    # "All around": the unit vectors from the focus to the cameras do not all point one way
+    # (their mean is short), e.g. an orbit, not a forward-facing walk or a nadir survey.
+    dirs = -to_focus / np.maximum(dist, 1e-9)[:, None]
+    around = bool(np.linalg.norm(dirs.mean(0)) < 0.75)
+    mode: SceneMode = "bounded" if (looks_in and around) else "unbounded"
     return mode, focus
 
 
+def half_fov(intrinsics: list[Intrinsics]) -> float:
+    """The smallest half field of view (radians) over the cameras, across width and height."""
+    return float(min(np.arctan(min(k.width / (2 * k.fx), k.height / (2 * k.fy))) for k in intrinsics))
+
+
 def compute_normalization(c2w: np.ndarray, mode: SceneMode | Literal["auto"] = "auto",
-                          roi_center: np.ndarray | None = None, roi_radius: float | None = None
-                          ) -> SceneNormalization:
+                          roi_center: np.ndarray | None = None, roi_radius: float | None = None,
+                          fov_half: float = 0.45) -> SceneNormalization:
     """Scene normalisation from the cameras (and an optional region of interest).
 
     c2w: (N, 4, 4) float64, input frame.
     roi_center: (3,) input frame, roi_radius: input-frame units. By default the ROI is centred on
-    the point the cameras look at; its radius is 0.75x (bounded; cameras lie outside the object)
-    or 1.0x (unbounded) the median camera distance to it, and for unbounded scenes it also
-    contains every camera.
+    the point the cameras look at. Bounded: its radius is what a camera at the median distance sees
+    around that point (distance * tan(fov_half) * 1.15, fov_half the smallest half field of view in
+    radians); cameras usually lie outside the box. Unbounded: the ROI contains every camera.
     """
     auto_mode, focus = choose_scene_mode(c2w)
     mode = auto_mode if mode == "auto" else mode
@@ -211,8 +222,7 @@ def compute_normalization(c2w: np.ndarray, mode: SceneMode | Literal["auto"] = "
     if roi_radius is None:
         med = float(np.median(cam_dist)) if len(cam_dist) else 1.0
         if mode == "bounded":
-            # Cameras on the orbit may sit inside the box: rays start at the camera or the box face.
-            roi_radius = 1.0 * med
+            roi_radius = med * float(np.tan(fov_half)) * 1.15
         else:
             roi_radius = max(float(cam_dist.max()) * 1.05, med)
     roi_radius = max(float(roi_radius), 1e-6)

@@ -42,3 +42,11 @@ def fox_dir() -> Path:
 @pytest.fixture(scope="session")
 def brighton_dir() -> Path:
     return shared_capture("brighton_beach")
+
+
+@pytest.fixture(scope="session")
+def synthetic_small():
+    """A small in-memory synthetic capture with ground truth (24 views, 96 px)."""
+    from core.synthetic import SyntheticConfig, render_synthetic
+
+    return render_synthetic(SyntheticConfig(views=24, size=96))

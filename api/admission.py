@@ -1,0 +1,116 @@
+"""Turning checked uploads into a queued job: limits per key, staging, the job row, the first task."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import ValidationError
+from sqlalchemy import update
+from starlette.datastructures import UploadFile
+
+from api import store
+from api.errors import ApiError
+from api.intake import check_files
+from api.joblog import append_log
+from api.models import ApiKey, Job
+from api.schemas import JobOptions
+from api.services import Services
+from api.storage import CHUNK, atomic_write_chunks, remove_tree, safe_filename
+
+
+def check_in_flight(svc: Services, key: ApiKey) -> None:
+    n = store.count_in_flight(svc.db, key.id)
+    limit = svc.settings.max_jobs_in_flight
+    if n >= limit:
+        raise ApiError(429, "too_many_jobs", f"this key has {n} jobs in flight, the limit is {limit}",
+                       "wait for one to finish, or cancel one (POST /v1/jobs/{id}/cancel)",
+                       {"Retry-After": "60"})
+
+
+def parse_options(raw: str | None) -> JobOptions:
+    """The `options` form field (a JSON object) -> JobOptions; 422 with what was wrong."""
+    try:
+        data = json.loads(raw) if raw and raw.strip() else {}
+    except json.JSONDecodeError as e:
+        raise ApiError(422, "invalid_options", f"options is not valid JSON ({e.msg} at {e.pos})",
+                       'send a JSON object, e.g. {"preset": "fast"}') from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_options", "options must be a JSON object", 'e.g. {"preset": "fast"}')
+    return validate_options(data)
+
+
+def validate_options(data: dict) -> JobOptions:
+    try:
+        return JobOptions.model_validate(data)
+    except ValidationError as e:
+        msgs = "; ".join(f"{'.'.join(str(x) for x in d['loc']) or 'options'}: {d['msg']}" for d in e.errors()[:5])
+        raise ApiError(422, "invalid_options", f"options: {msgs}",
+                       "see JobOptions in /docs for the allowed names and values") from None
+
+
+def receive_files(uploads: list[UploadFile], staging: Path) -> list[tuple[Path, str]]:
+    """Copy each uploaded file into `staging` (atomically, by chunks). Returns (path, original name).
+
+    Blocking: call it from a worker thread (starlette.concurrency.run_in_threadpool).
+    """
+    out: list[tuple[Path, str]] = []
+    used: set[str] = set()
+    for up in uploads:
+        original = up.filename or "upload"
+        name = safe_filename(original)
+        stem, dot, ext = name.rpartition(".")
+        i = 1
+        while name.lower() in used:
+            name = f"{stem or ext}_{i}{dot}{ext if stem else ''}"
+            i += 1
+        used.add(name.lower())
+        up.file.seek(0)
+
+        def chunks(f=up.file):
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+        atomic_write_chunks(staging / name, chunks())
+        out.append((staging / name, original))
+    return out
+
+
+def admit(svc: Services, key: ApiKey, staging: Path, named: list[tuple[Path, str]], options: JobOptions,
+          job_id: str | None = None) -> Job:
+    """Check the staged files, make (or promote) the job row, move the files in, enqueue the first stage.
+
+    On any refusal the staging folder is removed and no job row is left behind (for an existing
+    `uploading` job, the row stays as it was).
+    """
+    s = svc.settings
+    try:
+        intake = check_files(named, s.max_images, 4 * s.max_upload_bytes)
+        opts = options.to_store()
+        if job_id is None:
+            job = store.create_job(svc.db, key.id, opts, state="queued", input_bytes=intake.bytes,
+                                   input_files=intake.files)
+        else:
+            with svc.db.session() as sess:
+                res = sess.execute(update(Job).where(Job.id == job_id, Job.state == "uploading").values(
+                    state="queued", options=opts, input_bytes=intake.bytes, input_files=intake.files,
+                    updated_at=store.now()))
+                if res.rowcount != 1:
+                    raise ApiError(409, "upload_not_open", "this upload was already committed or its job removed")
+            job = store.get_job(svc.db, job_id)
+            assert job is not None
+        dirs = svc.storage.job_dirs(job.id)
+        dirs.root.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(staging, dirs.inputs)
+        except OSError:
+            if job_id is None:
+                store.delete_job(svc.db, job.id)
+            raise
+    finally:
+        remove_tree(staging)
+    append_log(svc.storage.log_path(job.id), f"job created: {intake.files} files ({intake.images} images, "
+               f"{intake.videos} videos, {intake.bytes} bytes); options {json.dumps(opts, sort_keys=True)}")
+    svc.enqueue(job.id, "ingest")
+    return store.get_job(svc.db, job.id) or job

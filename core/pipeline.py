@@ -1,0 +1,317 @@
+"""Stage glue: ingest -> poses -> train -> export (and renders), one job folder, no service imports.
+
+Used by the workers (one Celery task per stage) and by `nerfserve reconstruct` (all stages in-process).
+Each stage reads what the previous one wrote under the job folder, writes its own outputs atomically,
+and leaves a marker `stages/<stage>.json` when it is complete, so a stage that is run again skips
+(idempotent); training resumes from its newest checkpoint.
+
+Job folder layout (JobDirs):
+    inputs/       the uploaded files (images, zips, videos)
+    ingest/       decoded, resized images and the ingest report
+    sfm/          transforms.json, colmap/sparse/0, sfm_report.json (poses, input frame)
+    checkpoints/  training checkpoints
+    scene/        the trained scene (TrainedScene.save)
+    outputs/      the exports and outputs/manifest.json; renders under outputs/renders/<id>/
+    stages/       completion markers
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from core.atomic import atomic_write_bytes
+from core.progress import ProgressFn, StopFn, never_stop, no_progress
+
+STAGES = ("ingest", "poses", "train", "export")
+# Job state while a stage runs, and the band of overall progress (0..100) each stage fills.
+STAGE_STATE = {"ingest": "estimating_poses", "poses": "estimating_poses", "train": "training",
+               "export": "exporting"}
+STAGE_BAND = {"ingest": (0.0, 5.0), "poses": (5.0, 25.0), "train": (25.0, 90.0), "export": (90.0, 100.0)}
+# Which option invalidates which stage (a restart with new options re-runs from the earliest one).
+OPTION_STAGE = {"max_image_size": "ingest", "matcher": "poses", "preset": "train", "model": "train",
+                "steps": "train", "device": "train", "outputs": "export", "mesh_method": "export",
+                "mesh_resolution": "export"}
+
+
+@dataclass
+class PipelineOptions:
+    """What the user asked for; every default works.
+
+    preset: "fast" | "balanced" | "quality" (core.train.TrainConfig.preset).
+    model: "nerf" | "feature_field".
+    outputs: export kinds, from {"depth", "mesh", "tsdf", "pointcloud", "views", "video"}.
+    max_image_size: longest image side in pixels after ingest.
+    matcher: "auto" | "exhaustive" | "sequential" | "spatial".
+    steps: training steps override (None: the preset's).
+    """
+
+    preset: str = "balanced"
+    model: str = "nerf"
+    outputs: tuple[str, ...] = ("depth", "mesh", "views")
+    mesh_method: str = "auto"
+    mesh_resolution: int = 256
+    max_image_size: int = 1600
+    matcher: str = "auto"
+    steps: int | None = None
+    device: str = "auto"
+
+    @staticmethod
+    def from_dict(d: dict) -> PipelineOptions:
+        known = {f.name for f in fields(PipelineOptions)}
+        kw = {k: v for k, v in d.items() if k in known and v is not None}
+        if "outputs" in kw:
+            kw["outputs"] = tuple(kw["outputs"])
+        return PipelineOptions(**kw)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["outputs"] = list(self.outputs)
+        return d
+
+
+@dataclass(frozen=True)
+class JobDirs:
+    """The folders of one job under its root."""
+
+    root: Path
+
+    @property
+    def inputs(self) -> Path:
+        return self.root / "inputs"
+
+    @property
+    def ingest(self) -> Path:
+        return self.root / "ingest"
+
+    @property
+    def sfm(self) -> Path:
+        return self.root / "sfm"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def scene(self) -> Path:
+        return self.root / "scene"
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages"
+
+    def render_dir(self, render_id: str) -> Path:
+        return self.outputs / "renders" / render_id
+
+    def marker(self, stage: str) -> Path:
+        return self.stages / f"{stage}.json"
+
+
+@dataclass
+class RenderRequest:
+    """Novel views of a trained scene.
+
+    c2w: (K, 4, 4) float64 camera-to-world, OpenCV camera axes, input frame.
+    width, height: output size in pixels.
+    focal: (fx, fy) in pixels, or None for the first capture camera's focal scaled to the width.
+    what: any of ("rgb", "depth").
+    """
+
+    c2w: np.ndarray
+    width: int
+    height: int
+    focal: tuple[float, float] | None = None
+    what: tuple[str, ...] = ("rgb", "depth")
+
+
+StageFn = Callable[[JobDirs, PipelineOptions, ProgressFn, StopFn], dict]
+RenderFn = Callable[[JobDirs, RenderRequest, Path, ProgressFn, StopFn], list[Path]]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The stage bodies. Each returns a dict of metrics (JSON-serialisable) for the job row."""
+
+    ingest: StageFn
+    poses: StageFn
+    train: StageFn
+    export: StageFn
+    render: RenderFn
+    name: str = "real"
+
+    def stage(self, name: str) -> StageFn:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; stages are {STAGES}")
+        return getattr(self, name)
+
+
+def load_pipeline(spec: str) -> Pipeline:
+    """Import a Pipeline from "package.module:ATTRIBUTE" (the default is core.pipeline:PIPELINE)."""
+    module, _, attr = spec.partition(":")
+    obj = getattr(importlib.import_module(module), attr or "PIPELINE")
+    if not isinstance(obj, Pipeline):
+        raise TypeError(f"{spec} is a {type(obj).__name__}, not a core.pipeline.Pipeline")
+    return obj
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to a temp file beside `path`, then rename it over `path` (core.atomic)."""
+    atomic_write_bytes(path, text.encode())
+
+
+def stage_done(dirs: JobDirs, stage: str) -> dict | None:
+    """The metrics a completed stage recorded, or None if it has not completed."""
+    try:
+        return json.loads(dirs.marker(stage).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def invalidate_from(dirs: JobDirs, stage: str) -> None:
+    """Forget `stage` and every later one (markers, and their outputs where they would be stale)."""
+    later = STAGES[STAGES.index(stage):]
+    for s in later:
+        dirs.marker(s).unlink(missing_ok=True)
+    if "train" in later:
+        shutil.rmtree(dirs.checkpoints, ignore_errors=True)
+        shutil.rmtree(dirs.scene, ignore_errors=True)
+    if "export" in later:
+        keep = dirs.outputs / "renders"
+        if dirs.outputs.is_dir():
+            for p in dirs.outputs.iterdir():
+                if p != keep:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def first_stage_for_changes(old: dict, new: dict) -> str | None:
+    """The earliest stage whose options differ between two option dicts, or None."""
+    changed = [OPTION_STAGE[k] for k in OPTION_STAGE if old.get(k) != new.get(k) and k in new]
+    return min(changed, key=STAGES.index) if changed else None
+
+
+def run_stage(pipeline: Pipeline, stage: str, dirs: JobDirs, options: PipelineOptions,
+              progress: ProgressFn = no_progress, should_stop: StopFn = never_stop) -> dict:
+    """Run one stage unless its marker says it is done; returns the stage's metrics."""
+    done = stage_done(dirs, stage)
+    if done is not None:
+        return done
+    metrics = pipeline.stage(stage)(dirs, options, progress, should_stop) or {}
+    atomic_write_text(dirs.marker(stage), json.dumps(metrics, default=float))
+    return metrics
+
+
+def run_all(pipeline: Pipeline, dirs: JobDirs, options: PipelineOptions,
+            progress: ProgressFn = no_progress, should_stop: StopFn = never_stop) -> dict:
+    """Every stage in order, in this process (`nerfserve reconstruct`). Returns {stage: metrics}."""
+    return {s: run_stage(pipeline, s, dirs, options, progress, should_stop) for s in STAGES}
+
+
+def read_manifest(dirs: JobDirs) -> dict | None:
+    """outputs/manifest.json as written by the export stage, or None."""
+    try:
+        return json.loads((dirs.outputs / "manifest.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+# ---- the real stage bodies (core.ingest, core.sfm, core.train, core.export) ----------------------
+
+
+def _input_files(dirs: JobDirs) -> list[Path]:
+    return sorted(p for p in dirs.inputs.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def ingest_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
+    """Decode and resize the uploads into dirs.ingest (images, report)."""
+    from core.ingest import IngestConfig, ingest
+
+    result = ingest(_input_files(dirs), dirs.ingest, IngestConfig(max_side=options.max_image_size), progress)
+    result.save()
+    return {"images": len(result.image_paths), "rejected": len(result.rejected),
+            "known_poses": result.known_poses is not None}
+
+
+def poses_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
+    """Estimate camera poses from dirs.ingest into dirs.sfm (transforms.json, report)."""
+    from core.ingest import IngestResult
+    from core.sfm import SfmConfig, estimate_poses
+
+    cfg = SfmConfig(matcher=options.matcher)
+    result = estimate_poses(IngestResult.load(dirs.ingest), dirs.sfm, cfg, progress, should_stop)
+    report = getattr(result, "report", None) or {}
+    keys = ("registered", "images", "reprojection_error", "mode")
+    return {k: report[k] for k in keys if isinstance(report, dict) and k in report}
+
+
+def train_config(options: PipelineOptions, device: str | None = None):
+    """The core.train.TrainConfig for these options."""
+    from core.train import TrainConfig
+
+    over: dict = {"model": options.model, "device": device or options.device}
+    if options.steps:
+        # A short run still checkpoints about ten times, so a crashed worker loses little.
+        base = TrainConfig.preset(options.preset)
+        over["steps"] = int(options.steps)
+        over["checkpoint_every"] = max(10, min(base.checkpoint_every, int(options.steps) // 10))
+    return TrainConfig.preset(options.preset, **over)
+
+
+def train_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
+    """Train on dirs.sfm's capture; checkpoints in dirs.checkpoints (resumed); the scene in dirs.scene."""
+    from core.readers import load_capture
+    from core.train import train
+
+    capture = load_capture(dirs.sfm)
+    scene = train(capture, train_config(options), progress, should_stop, checkpoint_dir=dirs.checkpoints,
+                  resume=True)
+    tmp = dirs.root / ".scene.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    scene.save(tmp)
+    shutil.rmtree(dirs.scene, ignore_errors=True)
+    os.replace(tmp, dirs.scene)
+    return {k: v for k, v in scene.metrics.items() if isinstance(v, int | float | str)}
+
+
+def export_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
+    """Export the trained scene into dirs.outputs (and outputs/manifest.json)."""
+    from core.export import ExportConfig, export_all
+    from core.readers import load_capture
+    from core.scene import TrainedScene
+
+    scene = TrainedScene.load(dirs.scene, device=options.device)
+    kw: dict = {"what": tuple(options.outputs), "mesh_resolution": options.mesh_resolution}
+    if options.mesh_method != "auto":
+        kw["mesh_method"] = options.mesh_method
+    manifest = export_all(scene, dirs.outputs, ExportConfig(**kw), progress, should_stop,
+                          capture=load_capture(dirs.sfm))
+    return {"files": len(manifest.get("files", []))}
+
+
+def render_stage(dirs: JobDirs, request: RenderRequest, out_dir: Path, progress: ProgressFn,
+                 should_stop: StopFn) -> list[Path]:
+    """Render novel views of dirs.scene into out_dir; returns the files written."""
+    from core.export import render_poses
+    from core.scene import TrainedScene
+
+    scene = TrainedScene.load(dirs.scene)
+    k0 = scene.intrinsics[0].scaled(request.width, request.height)
+    if request.focal is not None:
+        from dataclasses import replace
+
+        k0 = replace(k0, fx=float(request.focal[0]), fy=float(request.focal[1]))
+    return list(render_poses(scene, np.asarray(request.c2w, dtype=np.float64), k0, out_dir, what=request.what))
+
+
+PIPELINE = Pipeline(ingest=ingest_stage, poses=poses_stage, train=train_stage, export=export_stage,
+                    render=render_stage)
