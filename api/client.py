@@ -49,8 +49,11 @@ def pack_inputs(paths: list[Path], tmp_dir: Path) -> Path:
     for p in paths:
         if p.is_dir():
             images += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXT)
-        elif p.is_file():
+        elif p.is_file() and p.suffix.lower() in IMAGE_EXT:
             images.append(p)
+        elif p.is_file():
+            raise UserInputError("unsupported_file", f"{p} is not an image, a .zip or a video",
+                                 "pass photos (JPEG, PNG, HEIC, ...), a folder of them, a .zip or a video")
         else:
             raise UserInputError("no_such_file", f"{p} does not exist", "check the path")
     if not images:

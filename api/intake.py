@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 
 from core.errors import UserInputError
 from core.ingest.archive import ZipLimits
-from core.ingest.archive import _check_members as check_members  # TODO(ingest): make it public
+from core.ingest.archive import check_members
 
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".heic", ".heif", ".tif", ".tiff", ".webp", ".bmp", ".avif"}
 VIDEO_EXT = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".3gp"}

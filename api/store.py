@@ -228,10 +228,10 @@ def stale_leases(db: Database, lease_timeout_s: float) -> list[Job]:
 
 
 def waiting_jobs(db: Database, enqueued_before: float) -> list[Job]:
-    """Active jobs no worker holds, last enqueued before the given time (or never)."""
+    """Active jobs no worker holds, last enqueued (or, if never, last changed) before the given time."""
     with db.session() as s:
         q = select(Job).where(Job.state.in_(ACTIVE_STATES), Job.lease_owner.is_(None),
-                              (Job.enqueued_at.is_(None)) | (Job.enqueued_at < enqueued_before))
+                              func.coalesce(Job.enqueued_at, Job.updated_at) < enqueued_before)
         return list(s.scalars(q))
 
 

@@ -6,7 +6,8 @@
 Figures: megapixels/s for RGB + depth (one 640x480 view after a warm-up), the time of one
 4032x3024 frame (rendered in chunks), and the time and peak memory of density marching cubes at
 256^3 and 512^3 (grid sampling + marching cubes; the level is chosen from 8 low-resolution renders
-beforehand). Without --run-dir it trains the synthetic capture for --steps steps first (not timed).
+beforehand). Without --run-dir it trains the synthetic capture for --steps steps first (not timed);
+--analytic uses the closed-form stand-in scene instead (to check the script, not the engine).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def load_or_train(args) -> tuple[object, dict]:
     from core.config import TrainConfig
     from core.scene import TrainedScene
 
+    if args.analytic:
+        from core.export.analytic import AnalyticScene
+
+        return AnalyticScene(n_views=16, size=128), {"scene": "analytic stand-in (core.export.analytic)"}
     if args.run_dir:
         run = Path(args.run_dir)
         return TrainedScene.load(run / "scene" if (run / "scene").is_dir() else run, device=args.device), {
@@ -78,6 +83,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=65536)
     ap.add_argument("--no-big", action="store_true", help="skip the 4032x3024 frame")
     ap.add_argument("--no-512", action="store_true", help="skip the 512^3 mesh")
+    ap.add_argument("--analytic", action="store_true",
+                    help="use the analytic stand-in scene instead of a trained one (checks the script itself)")
     args = ap.parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"

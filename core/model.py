@@ -88,6 +88,7 @@ class RadianceModel(nn.Module):
 
 def sampler_config(cfg: TrainConfig) -> SamplerConfig:
     return SamplerConfig(kind=cfg.sampler, march_steps=cfg.march_steps, grid_resolution=cfg.grid_resolution,
+                         grid_decay=cfg.grid_decay, grid_warmup_steps=cfg.grid_warmup_steps,
                          early_stop_eps=cfg.early_stop_eps, n_coarse=cfg.n_coarse, n_fine=cfg.n_fine)
 
 

@@ -250,7 +250,7 @@ def poses_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, s
     cfg = SfmConfig(matcher=options.matcher)
     result = estimate_poses(IngestResult.load(dirs.ingest), dirs.sfm, cfg, progress, should_stop)
     report = getattr(result, "report", None) or {}
-    keys = ("registered", "images", "reprojection_error", "mode")
+    keys = ("registered", "images", "registered_fraction", "mean_reprojection_error_px", "points3d", "matcher")
     return {k: report[k] for k in keys if isinstance(report, dict) and k in report}
 
 

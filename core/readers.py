@@ -386,13 +386,13 @@ def capture_to_colmap_model(capture: Capture) -> ColmapModel:
 
 # --- any capture folder ------------------------------------------------------------------------------
 
-def _find_image_dir(model_dir: Path, root: Path) -> Path | None:
-    """The `images` folder next to the model, or next to one of its parents up to `root`."""
+def find_image_dir(model_dir: Path, root: Path) -> Path | None:
+    """The `images` folder next to the model, or next to one of its parents, never above `root`."""
     d = model_dir
     while True:
         if (d / "images").is_dir():
             return d / "images"
-        if d == root or d.parent == d:
+        if d == root or d.parent == d or not d.is_relative_to(root):
             return None
         d = d.parent
 
@@ -415,7 +415,7 @@ def load_capture(path: str | Path, max_side: int | None = None) -> Capture:
         model_dir = (p / sub).resolve()
         if model_format(model_dir) is None:
             continue
-        image_dir = _find_image_dir(model_dir, p.resolve())
+        image_dir = find_image_dir(model_dir, p.resolve())
         if image_dir is None:
             raise UserInputError("capture_images_missing", f"COLMAP model found in {model_dir} but no "
                                  f"images/ folder next to it (up to {p}).",

@@ -98,12 +98,14 @@ def evaluate(scene: TrainedScene, capture: Capture, indices: list[int], max_view
 
 def train(capture: Capture, config: TrainConfig, progress: ProgressFn = no_progress,
           should_stop: StopFn = never_stop, checkpoint_dir: Path | None = None, resume: bool = True,
-          evaluate_holdout: bool = True) -> TrainedScene:
+          evaluate_holdout: bool = True, curve_every: int = 0) -> TrainedScene:
     """Train a radiance field on a posed capture.
 
     Resumes from the newest checkpoint in `checkpoint_dir` (when resume) and writes one every
     `config.checkpoint_every` steps. Raises core.errors.Cancelled when should_stop() turns True
-    (checked between steps), after saving a checkpoint.
+    (checked between steps), after saving a checkpoint. With curve_every > 0, the held-out PSNR
+    (on up to `config.eval_max_views` views, or 2) is measured every that many steps and stored as
+    metrics["holdout_curve"] = [{step, seconds, psnr}], seconds of training excluding the evaluations.
     """
     if len(capture) < 2:
         raise UserInputError("too_few_images", f"training needs at least 2 posed images, got {len(capture)}.",
@@ -140,6 +142,10 @@ def train(capture: Capture, config: TrainConfig, progress: ProgressFn = no_progr
         if state.get("rng_cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         start = int(state["step"])
+    scene = TrainedScene(model=model, normalization=norm, intrinsics=list(capture.intrinsics), c2w=capture.c2w,
+                         names=list(capture.names), frame=capture.frame, train_indices=train_idx,
+                         test_indices=test_idx, config=config_run, device=device)
+    curve: list[dict] = []
     white = torch.ones(3, device=device)
     t0, last_report, rays_done, samples_done = time.time(), 0.0, 0, 0
     loss_value = psnr_value = float("nan")
@@ -183,6 +189,11 @@ def train(capture: Capture, config: TrainConfig, progress: ProgressFn = no_progr
             done = step + 1
             if checkpoint_dir is not None and (done % config.checkpoint_every == 0 or done == config.steps):
                 _save_checkpoint(checkpoint_dir, done, model, opt, sched, stream, scaler, config.keep_checkpoints)
+            if curve_every and test_idx and (done % curve_every == 0 or done == config.steps):
+                t_eval = time.time()
+                p = evaluate(scene, capture, test_idx, config.eval_max_views or 2)["psnr_holdout"]
+                curve.append({"step": done, "seconds": round(t_eval - t0, 3), "psnr": round(p, 3)})
+                t0 += time.time() - t_eval          # evaluation time is not training time
             now = time.time()
             if now - last_report >= 1.0 or done == config.steps:
                 last_report = now
@@ -195,14 +206,13 @@ def train(capture: Capture, config: TrainConfig, progress: ProgressFn = no_progr
     finally:
         stream.close()
     train_seconds = time.time() - t0
-    scene = TrainedScene(model=model, normalization=norm, intrinsics=list(capture.intrinsics), c2w=capture.c2w,
-                         names=list(capture.names), frame=capture.frame, train_indices=train_idx,
-                         test_indices=test_idx, config=config_run, device=device)
     scene.metrics = {"steps": config.steps, "resumed_from": start, "train_seconds": train_seconds,
                      "rays_per_s": rays_done / max(train_seconds, 1e-9),
                      "samples_per_s": samples_done / max(train_seconds, 1e-9), "final_train_loss": loss_value,
                      "final_train_psnr": psnr_value, "backend": config_run.backend, "device": str(device),
                      "scene_mode": norm.mode, "model": config.model}
+    if curve:
+        scene.metrics["holdout_curve"] = curve
     if evaluate_holdout and test_idx:
         progress(ProgressEvent("training", 1.0, "evaluating held-out views"))
         scene.metrics.update(evaluate(scene, capture, test_idx, config.eval_max_views))

@@ -16,13 +16,19 @@ from core.export.analytic import AnalyticScene, similarity_matrix
 from core.export.density_mesh import density_mesh, mesh_box, surface_level
 from core.export.grid import VoxelGrid, grid_over_box, scene_occupancy
 from core.export.marching import marching_cubes_chunked
-from core.export.mesh_clean import cluster_decimate, cull_outside_frusta, decimate, keep_large_components
+from core.export.mesh_clean import (
+    cluster_decimate,
+    cull_outside_frusta,
+    cull_unseen,
+    decimate,
+    keep_large_components,
+)
 from core.export.mesh_colour import vertex_colours
 from core.export.mesh_write import coloured_mesh, write_mesh
 from core.export.pointcloud import backprojected_points, voxel_downsample, write_pointcloud
 from core.export.quality import mesh_chamfer
 from core.export.renders import render_scene_cameras
-from core.export.tsdf import tsdf_mesh
+from core.export.tsdf import measured_cells, tsdf_mesh
 
 RES = 112
 # A similarity far from the identity: meshes must come out in this frame, not the canonical/field one.
@@ -96,6 +102,24 @@ def test_cleaning_drops_the_floater_and_what_no_camera_sees(density, scene):
     culled = cull_outside_frusta(both, scene.c2w[:1], scene.intrinsics[:1])
     assert len(both.faces) == len(clean.faces) + 12 and len(culled.faces) == len(clean.faces)
     assert not np.any(np.linalg.norm(culled.vertices - (eye - fwd), axis=1) < 0.3)
+
+
+def test_faces_no_camera_sees_are_culled(density, views, scene):
+    clean = keep_large_components(density[0], 0.05)
+    # A small box hidden inside the sphere: inside every frustum, but never the visible surface.
+    centre = scene.sim[:3, :3] @ np.array([-0.35, 0.0, 0.0]) + scene.sim[:3, 3]
+    hidden = trimesh.creation.box([0.1, 0.1, 0.1]).apply_translation(centre)
+    both = trimesh.util.concatenate([clean, hidden])
+    kept = cull_unseen(both, views, 0.5, abs_tol=3 * density[1]["voxel"])
+    assert not np.any(np.linalg.norm(kept.triangles_center - centre, axis=1) < 0.1)
+    assert len(kept.faces) >= 0.97 * len(clean.faces)
+
+
+def test_tsdf_drops_faces_between_unmeasured_voxels():
+    observed = np.ones((4, 4, 4), dtype=bool)
+    observed[3, 3, 3] = False
+    cells = measured_cells(observed)
+    assert cells.shape == (3, 3, 3) and not cells[2, 2, 2] and cells.sum() == 26
 
 
 def test_vertex_colours_are_the_surface_colour(density, views, scene):

@@ -3,6 +3,10 @@
 One training run per session, on the synthetic capture put through a known similarity transform
 (scale, rotation, translation): so every check below also proves the exports land in the input frame.
 Then one export_all of everything at test size (128^3 meshes).
+
+Marked slow: with the current CPU engine (~300 rays/s rendering, seconds per training step on a
+shared 2-core machine) the training plus ~90 renders take far more than the default suite's budget.
+NERFSERVE_EXPORT_TEST_STEPS sets the training steps (default: the fast preset's).
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from core.train import composite_image, train
 SCALE = 1.7
 SIM = similarity_matrix(SCALE, Rotation.from_euler("zyx", [40, 15, -25], degrees=True).as_matrix(),
                         [3.0, -2.0, 5.0])
-STEPS = int(os.environ.get("NERFSERVE_EXPORT_TEST_STEPS", "600"))
+STEPS = int(os.environ.get("NERFSERVE_EXPORT_TEST_STEPS", TrainConfig.preset("fast").steps))
 EVERYTHING = ("depth", "mesh", "tsdf", "pointcloud", "views", "video")
+
+pytestmark = pytest.mark.slow
 
 
 def transform_capture(capture, sim: np.ndarray):
@@ -119,7 +125,6 @@ def test_files_reload_and_decode(run):
     assert len(cloud.vertices) > 1000
 
 
-@pytest.mark.slow
 def test_fox_export_cli(fox_dir, tmp_path):
     """The real fox capture: short training, then `nerfserve export` makes a mesh, depth per view and video."""
     from api.cli import main
@@ -129,7 +134,8 @@ def test_fox_export_cli(fox_dir, tmp_path):
     scene = train(capture, TrainConfig.preset("fast", steps=800, device="cpu", max_side=200))
     scene.save(tmp_path / "run" / "scene")
     assert main(["export", str(tmp_path / "run"), "--what", "depth,mesh,views,video", "--mesh-resolution", "128",
-                 "--frames", "12", "--view-max-side", "160", "--depth-max-side", "200"]) == 0
+                 "--frames", "12", "--view-max-side", "128", "--depth-max-side", "100",
+                 "--fusion-max-side", "100"]) == 0
     out = tmp_path / "run" / "outputs"
     assert len(list((out / "depth").glob("*.npy"))) == len(capture)
     mesh = trimesh.load(out / "mesh" / "mesh_density.ply")

@@ -111,17 +111,22 @@ def test_synthetic_outputs_report_and_progress(orbit, orbit_result):
     assert all(e.stage == "poses" for e in events)
 
 
-def test_unrelated_image_sets_keep_the_larger_model(tmp_path):
-    """14 views of one scene and 6 of another (other textures): the 14 register, the 6 are listed."""
+def test_unrelated_image_sets_keep_the_larger_model(tmp_path, capsys):
+    """14 views of one scene and 6 of another (other textures), through the CLI: the 14 register and
+    the job goes on; the 6 are listed as unregistered, from an unrelated scene."""
+    from api.cli import main
+
     folder = tmp_path / "mixed"
     folder.mkdir()
     for i, img in enumerate(_arc(seed=0, first=0, count=14)):
         Image.fromarray(img).save(folder / f"scene_{i:02d}.png")
     for i, img in enumerate(_arc(seed=5, first=0, count=6)):
         Image.fromarray(img).save(folder / f"other_{i}.png")
-    result = estimate_poses(ingest([folder], tmp_path / "ingest"), tmp_path / "out")
-    report = result.report
-    assert result.capture.names == [f"scene_{i:02d}.png" for i in range(14)]
+    assert main(["poses", str(folder), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "registered 14/20 images" in printed and "not registered: other_0.png" in printed
+    report = json.loads((tmp_path / "out" / "sfm_report.json").read_text())
+    assert load_capture(tmp_path / "out").names == [f"scene_{i:02d}.png" for i in range(14)]
     assert report["status"] == "ok" and report["registered"] == 14 and report["images"] == 20
     left = {u["name"]: u["reason"] for u in report["unregistered"]}
     assert set(left) == {f"other_{i}.png" for i in range(6)}

@@ -1,5 +1,3 @@
-"""`python -m api.cli` is the `nerfserve` command."""
-
 import sys
 
 from api.cli import main

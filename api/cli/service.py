@@ -95,6 +95,8 @@ def _submit_options(args: argparse.Namespace) -> dict:
 def _submit(args: argparse.Namespace) -> int:
     import os
 
+    import httpx
+
     from api.client import ClientError, default_key, submit
 
     server = args.server or os.environ.get("NERFSERVE_SERVER", "http://127.0.0.1:8000")
@@ -104,6 +106,10 @@ def _submit(args: argparse.Namespace) -> int:
                      part_bytes=args.part_mb * 1024 * 1024, quiet=args.quiet)
     except ClientError as e:
         print(f"error [{e.code}]: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""), file=sys.stderr)
+        return 2
+    except httpx.TransportError as e:
+        print(f"error [server_unreachable]: cannot reach {server}: {e}\nhint: start one with `nerfserve serve`, "
+              "or pass --server URL (or set NERFSERVE_SERVER)", file=sys.stderr)
         return 2
     print(json.dumps({"id": job["id"], "state": job["state"], "url": job["urls"]["self"]}))
     return 0

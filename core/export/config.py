@@ -27,6 +27,9 @@ class ExportConfig:
         few GB: the grid is processed in chunks). mesh_level: iso-level override (density per field unit).
     mesh_min_component_ratio: keep connected components with at least this fraction of the largest
         one's faces. mesh_face_budget: decimate to at most this many faces (None: keep all).
+    mesh_cull_frusta: drop faces outside every training camera's frustum. mesh_cull_unseen: drop faces
+        no rendered training camera sees as its surface (depth test, tolerance mesh_visibility_voxels
+        voxels + 2% of the depth).
     tsdf_truncation_voxels: TSDF truncation distance in voxels.
     pointcloud_voxel: downsampling voxel in input-frame units (None: the mesh box diagonal / 1000).
     path: "orbit", "spiral", "interp" or a camera-path JSON file; n_frames, fps: the flythrough.
@@ -46,6 +49,8 @@ class ExportConfig:
     mesh_min_component_ratio: float = 0.05
     mesh_face_budget: int | None = None
     mesh_cull_frusta: bool = True
+    mesh_cull_unseen: bool = True
+    mesh_visibility_voxels: float = 3.0
     tsdf_truncation_voxels: float = 4.0
     pointcloud_voxel: float | None = None
     path: str = "orbit"

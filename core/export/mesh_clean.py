@@ -8,6 +8,8 @@ import trimesh
 
 from core.cameras import Intrinsics
 from core.export.projection import project_to_pixels
+from core.export.renders import ViewRender
+from core.export.visibility import seen_at_surface
 
 
 def keep_large_components(mesh: trimesh.Trimesh, min_ratio: float) -> trimesh.Trimesh:
@@ -47,6 +49,16 @@ def cull_outside_frusta(mesh: trimesh.Trimesh, c2w: np.ndarray, intrinsics: list
     if len(mesh.faces) == 0:
         return mesh
     return submesh(mesh, seen_by_any_camera(mesh.triangles_center, c2w, intrinsics))
+
+
+def cull_unseen(mesh: trimesh.Trimesh, views: list[ViewRender], opacity_threshold: float, abs_tol: float,
+                rel_tol: float = 0.02) -> trimesh.Trimesh:
+    """Drop faces no rendered camera sees as its surface (z-buffer test of the face centroid against the
+    rendered depth, tolerance abs_tol + rel_tol * depth): removes the unconstrained density behind and
+    under observed surfaces (e.g. below a ground plane) that no view ever checked."""
+    if len(mesh.faces) == 0:
+        return mesh
+    return submesh(mesh, seen_at_surface(mesh.triangles_center, views, opacity_threshold, abs_tol, rel_tol))
 
 
 def cluster_decimate(mesh: trimesh.Trimesh, face_budget: int) -> trimesh.Trimesh:

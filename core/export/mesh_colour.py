@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.export.projection import project_to_pixels, sample_nearest
+from core.export.projection import sample_nearest
 from core.export.renders import ViewRender
+from core.export.visibility import surface_depth, view_visibility
 
 GREY = 0.5
 
@@ -42,19 +43,15 @@ def vertex_colours(vertices: np.ndarray, views: list[ViewRender], images: list[n
     colour_maps = [torch.from_numpy(v.rgb if images is None else
                                     image_at_size(img, v.intrinsics.width, v.intrinsics.height))
                    for v, img in zip(views, images if images is not None else [None] * len(views), strict=True)]
-    depth_maps = [torch.from_numpy(np.where(v.opacity >= opacity_threshold, v.depth, np.nan).astype(np.float32))
-                  for v in views]
+    depth_maps = [surface_depth(v, opacity_threshold) for v in views]
     out = np.empty((len(vertices), 3), dtype=np.uint8)
     for s in range(0, len(vertices), batch):
         pts = torch.from_numpy(np.asarray(vertices[s:s + batch], dtype=np.float64))
         seen = torch.full((len(pts), len(views), 3), float("nan"), dtype=torch.float32)
         framed = seen.clone()
         for j, v in enumerate(views):
-            uv, z = project_to_pixels(pts, v.c2w, v.intrinsics)
-            d, inside = sample_nearest(depth_maps[j], uv)
+            inside, visible, uv = view_visibility(pts, v, depth_maps[j], abs_tol, rel_tol)
             col, _ = sample_nearest(colour_maps[j], uv)
-            inside &= z > 0
-            visible = inside & ((z.float() - d).abs() <= abs_tol + rel_tol * d)
             framed[inside, j] = col[inside]
             seen[visible, j] = col[visible]
         med = torch.nanmedian(seen, dim=1).values

@@ -14,11 +14,11 @@ from core.export.density_mesh import density_mesh, mesh_box
 from core.export.depth import write_depth_meta, write_view_maps
 from core.export.grid import Occupancy, grid_over_box, scene_occupancy
 from core.export.manifest import Artifact, write_manifest
-from core.export.mesh_clean import cull_outside_frusta, decimate, keep_large_components
+from core.export.mesh_clean import cull_outside_frusta, cull_unseen, decimate, keep_large_components
 from core.export.mesh_colour import vertex_colours
 from core.export.mesh_write import coloured_mesh, write_mesh
 from core.export.pointcloud import backprojected_points, in_box, voxel_downsample, write_pointcloud
-from core.export.renders import ViewRender, render_camera, render_scene_cameras
+from core.export.renders import ViewRender, fit_size, render_camera, render_scene_cameras
 from core.export.scene_api import SceneLike
 from core.export.tsdf import tsdf_mesh
 from core.export.video import write_mp4
@@ -56,9 +56,13 @@ def depth_indices(scene: SceneLike, which: str) -> list[int]:
     return list(range(len(scene.c2w)))
 
 
-def export_depth(scene: SceneLike, out_dir: Path, config: ExportConfig, report, should_stop: StopFn
-                 ) -> list[Artifact]:
-    """Depth (expected + median), preview, confidence and rendered image of the capture's cameras."""
+def export_depth(scene: SceneLike, out_dir: Path, config: ExportConfig, report, should_stop: StopFn,
+                 keep: dict[int, ViewRender]) -> list[Artifact]:
+    """Depth (expected + median), preview, confidence and rendered image of the capture's cameras.
+
+    Renders that are also at the fusion size are stored in `keep` (camera index -> ViewRender), so the
+    meshes and point cloud reuse them instead of rendering the same cameras again.
+    """
     arts: list[Artifact] = []
     metas: dict[str, dict] = {}
     indices = depth_indices(scene, config.depth_views)
@@ -70,6 +74,8 @@ def export_depth(scene: SceneLike, out_dir: Path, config: ExportConfig, report, 
         more, metas[Path(view.name).stem] = write_view_maps(out_dir, view, scene.frame, config.opacity_threshold,
                                                             config.depth_median)
         arts += more
+        if fit_size(scene.intrinsics[i], config.fusion_max_side) == view.rgb.shape[1::-1]:
+            keep[i] = view
         report("depth", (n + 1) / len(indices), f"depth map {n + 1}/{len(indices)}")
     arts.append(write_depth_meta(out_dir, metas, scene.frame, config.opacity_threshold))
     return arts
@@ -92,6 +98,8 @@ def build_mesh(scene: SceneLike, method: str, views: list[ViewRender], images: l
     if config.mesh_cull_frusta:
         cams = scene.train_indices or list(range(len(scene.c2w)))
         mesh = cull_outside_frusta(mesh, scene.c2w[cams], [scene.intrinsics[i] for i in cams])
+    if config.mesh_cull_unseen:
+        mesh = cull_unseen(mesh, views, config.opacity_threshold, config.mesh_visibility_voxels * info["voxel"])
     mesh = keep_large_components(mesh, config.mesh_min_component_ratio)
     mesh = decimate(mesh, config.mesh_face_budget)
     colours = vertex_colours(np.asarray(mesh.vertices), views, images, config.opacity_threshold,
@@ -152,11 +160,15 @@ def export_all(scene: SceneLike, out_dir: Path, config: ExportConfig | None = No
     report = _stage_reporter(progress, stages or ["none"])
     arts: list[Artifact] = []
     mesh_info: dict[str, dict] = {}
+    rendered: dict[int, ViewRender] = {}
     if "depth" in config.what:
-        arts += export_depth(scene, out_dir, config, report, should_stop)
+        arts += export_depth(scene, out_dir, config, report, should_stop, rendered)
     if "fusion" in stages:
         cams = scene.train_indices or list(range(len(scene.c2w)))
-        views = render_scene_cameras(scene, cams, config.fusion_max_side, config.chunk, should_stop)
+        missing = [i for i in cams if i not in rendered]
+        rendered.update(zip(missing, render_scene_cameras(scene, missing, config.fusion_max_side, config.chunk,
+                                                          should_stop), strict=True))
+        views = [rendered[i] for i in cams]
         images = capture_images_for(views, capture)
         report("fusion", 1.0, f"rendered {len(views)} cameras for fusion")
         occupancy = scene_occupancy(scene.occupancy_world())

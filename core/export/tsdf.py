@@ -5,6 +5,8 @@ For every voxel and camera: sdf = depth(pixel) - z(voxel) (z-depth, input-frame 
 behind the surface (sdf < -trunc) are not updated; pixels with no surface (opacity below the threshold)
 carve free space (+1). Voxels no camera updated are inside (-1) if some camera saw them behind a
 surface, else outside (+1). Voxels outside the (dilated) occupancy grid are outside without any work.
+Faces in cells with a corner no camera updated are dropped: there the zero crossing is between guesses
+(e.g. the solid block "behind" a ground plane that no view sees from below), not measured.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import trimesh
 from core.errors import Cancelled
 from core.export.grid import Occupancy, VoxelGrid
 from core.export.marching import marching_cubes_chunked
+from core.export.mesh_clean import submesh
 from core.export.projection import project_to_pixels, sample_nearest
 from core.export.renders import ViewRender
 from core.progress import StopFn, never_stop
@@ -24,8 +27,11 @@ SLAB_VOXELS = 1 << 21
 
 
 def fuse_points(points: torch.Tensor, views: list[ViewRender], trunc: float, opacity_threshold: float
-                ) -> torch.Tensor:
-    """TSDF values in [-1, 1] of (N, 3) float64 input-frame points from the views' depth maps; (N,) float32."""
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """TSDF of (N, 3) float64 input-frame points from the views' depth maps.
+
+    Returns values (N,) float32 in [-1, 1] and observed (N,) bool (some camera updated the point).
+    """
     acc = torch.zeros(len(points), dtype=torch.float32)
     weight = torch.zeros(len(points), dtype=torch.float32)
     behind = torch.zeros(len(points), dtype=torch.bool)
@@ -41,14 +47,16 @@ def fuse_points(points: torch.Tensor, views: list[ViewRender], trunc: float, opa
         weight[use] += 1
         behind |= inside & has_surface & (sdf < -1)
     empty = torch.where(behind, -1.0, 1.0)
-    return torch.where(weight > 0, acc / weight.clamp(min=1), empty)
+    return torch.where(weight > 0, acc / weight.clamp(min=1), empty), weight > 0
 
 
 def fuse_tsdf(grid: VoxelGrid, views: list[ViewRender], trunc: float, opacity_threshold: float,
-              occupancy: Occupancy | None = None, should_stop: StopFn = never_stop) -> np.ndarray:
-    """The TSDF volume over `grid`: (X, Y, Z) float32 in [-1, 1], negative inside. Built in x-slabs."""
+              occupancy: Occupancy | None = None, should_stop: StopFn = never_stop) -> tuple[np.ndarray, np.ndarray]:
+    """The TSDF volume over `grid`, built in x-slabs: (X, Y, Z) float32 in [-1, 1], negative inside, and
+    (X, Y, Z) bool, True where measured (a camera updated it, or the occupancy grid says empty)."""
     nx, ny, nz = grid.shape
     tsdf = np.ones(grid.shape, dtype=np.float32)
+    observed = np.ones(grid.shape, dtype=bool)
     slab = max(1, SLAB_VOXELS // (ny * nz))
     for x0 in range(0, nx, slab):
         if should_stop():
@@ -59,9 +67,20 @@ def fuse_tsdf(grid: VoxelGrid, views: list[ViewRender], trunc: float, opacity_th
         if not todo.any():
             continue
         values = np.ones(len(pts), dtype=np.float32)
-        values[todo] = fuse_points(torch.from_numpy(pts[todo]), views, trunc, opacity_threshold).numpy()
+        seen = np.ones(len(pts), dtype=bool)
+        fused, measured = fuse_points(torch.from_numpy(pts[todo]), views, trunc, opacity_threshold)
+        values[todo], seen[todo] = fused.numpy(), measured.numpy()
         tsdf[x0:x1] = values.reshape(x1 - x0, ny, nz)
-    return tsdf
+        observed[x0:x1] = seen.reshape(x1 - x0, ny, nz)
+    return tsdf, observed
+
+
+def measured_cells(observed: np.ndarray) -> np.ndarray:
+    """(X-1, Y-1, Z-1) bool: cells whose 8 corner voxels are all measured. observed: (X, Y, Z) bool."""
+    ok = observed[:-1, :-1, :-1].copy()
+    for dx, dy, dz in np.ndindex(2, 2, 2):
+        ok &= observed[dx:dx + ok.shape[0], dy:dy + ok.shape[1], dz:dz + ok.shape[2]]
+    return ok
 
 
 def tsdf_mesh(grid: VoxelGrid, views: list[ViewRender], opacity_threshold: float = 0.5,
@@ -70,11 +89,16 @@ def tsdf_mesh(grid: VoxelGrid, views: list[ViewRender], opacity_threshold: float
     """Fuse the views' depth into a TSDF over `grid` (truncation trunc_voxels * voxel) and mesh its zero
     level. Returns the mesh (input frame) and a dict {truncation, voxel, grid_shape}."""
     trunc = trunc_voxels * grid.voxel
-    tsdf = fuse_tsdf(grid, views, trunc, opacity_threshold, occupancy, should_stop)
+    tsdf, observed = fuse_tsdf(grid, views, trunc, opacity_threshold, occupancy, should_stop)
 
     def sample(lo, hi):
         block = tsdf[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         return None if block.min() > 0 else -block   # inside is where -tsdf > 0
 
     mesh = marching_cubes_chunked(grid, sample, 0.0, chunk, should_stop)
+    if len(mesh.faces):
+        cells = measured_cells(observed)
+        idx = np.floor((mesh.triangles_center - grid.origin) / grid.voxel).astype(np.int64)
+        idx = np.clip(idx, 0, np.array(cells.shape) - 1)
+        mesh = submesh(mesh, cells[idx[:, 0], idx[:, 1], idx[:, 2]])
     return mesh, {"truncation": trunc, "voxel": grid.voxel, "grid_shape": list(grid.shape)}

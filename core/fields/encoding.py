@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 PRIMES = (1, 2654435761, 805459861)
-_U32 = 0xFFFFFFFF
+# The same primes as int32 bit patterns: int32 multiplication wraps like uint32 in the low 32 bits.
+_PRIMES_I32 = tuple(p - (1 << 32) if p >= (1 << 31) else p for p in PRIMES)
 
 
 @dataclass(frozen=True)
@@ -85,38 +86,47 @@ class HashGridTorch(nn.Module):
         self.register_buffer("sizes", torch.tensor(sizes, dtype=torch.int64), persistent=False)
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False)
         hashed = [res ** 3 > size for res, size in zip(resolutions, sizes, strict=True)]
-        self.register_buffer("hashed", torch.tensor(hashed), persistent=False)
-        corners = torch.tensor([[(c >> 0) & 1, (c >> 1) & 1, (c >> 2) & 1] for c in range(8)], dtype=torch.int64)
-        self.register_buffer("corners", corners, persistent=False)  # (8, 3)
+        self.n_dense = hashed.index(True) if True in hashed else len(hashed)
+        assert all(hashed[self.n_dense:]), "hashed levels must follow the dense ones"
+        assert all(sizes[i] & (sizes[i] - 1) == 0 for i in range(self.n_dense, len(sizes))), "hashed tables are 2^k"
 
     @property
     def n_output_dims(self) -> int:
         return self.cfg.n_output_dims
 
     def corner_indices_and_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (S, 3) in [0,1] -> flat table entries (S, L, 8) int64 and trilinear weights (S, L, 8) float32.
+        """x (S, 3) in [0,1] -> flat table entries (S, L, 8) int32 and trilinear weights (S, L, 8) float32.
 
         Corner c = (cx, cy, cz) is bit 0, 1, 2 of c. Index terms are built per axis for the two
-        neighbouring vertices, (S, L, 2) each, then combined by broadcasting: 8x less integer work
-        than expanding the corners first.
+        neighbouring vertices, (S, L, 2) each, then combined by broadcasting (8x less integer work than
+        expanding corners first). Levels are dense up to some level and hashed after it (resolution
+        grows), so each part computes only its own kind of index. Arithmetic is int32: the hash's
+        uint32 products wrap exactly like tcnn's, and tables (<= 2^31 entries) are powers of two when
+        hashed, so `& (T - 1)` equals `% T` on the wrapped bits.
         """
         x = x.float().clamp(0.0, 1.0)
         pos = x[:, None, :] * self.scales[None, :, None] + 0.5              # (S, L, 3)
         grid_f = torch.floor(pos)
         frac = pos - grid_f
-        grid = grid_f.long()
-        lo_hi = torch.stack([grid, grid + 1], dim=-1)                       # (S, L, 3, 2)
-        gx, gy, gz = lo_hi.unbind(2)                                        # (S, L, 2) each
-        res = self.resolutions[None, :, None]
-        # Dense: x + y r + z r^2 ; hash: x*p0 ^ y*p1 ^ z*p2 (uint32).
-        dx, dy, dz = gx, gy * res, gz * res * res
-        hx, hy, hz = gx * PRIMES[0] & _U32, gy * PRIMES[1] & _U32, gz * PRIMES[2] & _U32
-        dense = dx[..., None, None, :] + dy[..., None, :, None] + dz[..., :, None, None]      # (S,L,2,2,2) [z,y,x]
-        hashed = hx[..., None, None, :] ^ hy[..., None, :, None] ^ hz[..., :, None, None]
-        is_hashed = self.hashed[None, :, None, None, None]
-        # Both are taken modulo the level's table size (a vertex at coordinate r wraps, as in tcnn).
-        index = torch.where(is_hashed, hashed, dense) % self.sizes[None, :, None, None, None]
-        index = (index + self.offsets[None, :, None, None, None]).reshape(*index.shape[:2], 8)
+        grid = grid_f.int()
+        nd = self.n_dense
+        parts = []
+        if nd > 0:
+            g = grid[:, :nd]
+            res = self.resolutions[:nd].int()[None, :, None]
+            gx, gy, gz = (torch.stack([g[..., k], g[..., k] + 1], -1) for k in range(3))   # (S, Ld, 2)
+            gy, gz = gy * res, gz * res * res
+            dense = gx[..., None, None, :] + gy[..., None, :, None] + gz[..., :, None, None]
+            dense = dense % self.sizes[:nd].int()[None, :, None, None, None]
+            parts.append(dense.reshape(*dense.shape[:2], 8))
+        if nd < self.cfg.n_levels:
+            g = grid[:, nd:]
+            hx, hy, hz = (torch.stack([g[..., k], g[..., k] + 1], -1) * _PRIMES_I32[k] for k in range(3))
+            hashed = hx[..., None, None, :] ^ hy[..., None, :, None] ^ hz[..., :, None, None]
+            hashed = hashed & (self.sizes[nd:].int()[None, :, None, None, None] - 1)
+            parts.append(hashed.reshape(*hashed.shape[:2], 8))
+        index = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+        index = index + self.offsets.int()[None, :, None]
         wx = torch.stack([1 - frac[..., 0], frac[..., 0]], -1)
         wy = torch.stack([1 - frac[..., 1], frac[..., 1]], -1)
         wz = torch.stack([1 - frac[..., 2], frac[..., 2]], -1)
@@ -141,6 +151,7 @@ class _InterpolateTable(torch.autograd.Function):
         table = params.view(-1, f)
         flat = index.reshape(-1)
         feats = table.index_select(0, flat).view(*index.shape, f)         # (S, L, 8, F)
+        flat = flat.long()                                                # index_add_ is fastest with int64
         ctx.save_for_backward(flat, w)
         ctx.f, ctx.n = f, params.shape[0]
         return (feats * w[..., None]).sum(2)

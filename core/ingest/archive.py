@@ -38,7 +38,7 @@ def _fail(zip_path: Path, code: str, message: str, hint: str) -> UserInputError:
     return UserInputError(code, f"{zip_path.name}: {message}", hint)
 
 
-def _check_members(zip_path: Path, infos: list[zipfile.ZipInfo], limits: ZipLimits) -> None:
+def check_members(zip_path: Path, infos: list[zipfile.ZipInfo], limits: ZipLimits) -> None:
     bad = [i.filename for i in infos if _unsafe(i.filename) or _is_link(i)]
     if bad:
         raise _fail(zip_path, "zip_unsafe_path",
@@ -84,7 +84,7 @@ def safe_extract_zip(zip_path: Path, dest: Path, limits: ZipLimits | None = None
                     "Re-create the archive with a standard zip tool.") from e
     with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
-        _check_members(zip_path, infos, limits)
+        check_members(zip_path, infos, limits)
         dest.mkdir(parents=True, exist_ok=True)
         written, total = [], 0
         for info in infos:

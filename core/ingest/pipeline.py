@@ -63,28 +63,19 @@ def _expand(inputs: list[Path], unpack_dir: Path, config: IngestConfig) -> tuple
     return sources, roots
 
 
-def _image_dir_near(model_dir: Path, root: Path) -> Path | None:
-    d = model_dir
-    while True:
-        if (d / "images").is_dir():
-            return d / "images"
-        if d == root or d.parent == d or not d.is_relative_to(root):
-            return None
-        d = d.parent
-
-
 def find_known_poses(sources: list[_Source], roots: list[Path]) -> tuple[str, Path, Path | None] | None:
     """("transforms", json path, None) or ("colmap", model dir, image dir) if the upload has poses."""
     for src in sources:
         if src.path.name.lower() in _POSE_FILES:
             return "transforms", src.path, None
     from core.colmap_model import model_format
+    from core.readers import find_image_dir
 
     for src in sources:
         model_dir = src.path.parent
         if src.path.name.lower() in _COLMAP_CAMERAS and model_format(model_dir):
             root = next((r for r in roots if model_dir.is_relative_to(r)), model_dir)
-            return "colmap", model_dir, _image_dir_near(model_dir, root)
+            return "colmap", model_dir, find_image_dir(model_dir, root)
     return None
 
 

@@ -408,7 +408,7 @@ def test_fuzzing_finds_no_server_errors(fuzz_target):
     statuses: set[int] = set()
     for op in operations:
         @given(case=op.as_strategy())
-        @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case) -> None:
             response = case.call(headers=auth)
             assert response.status_code < 500, (f"{case.method} {case.formatted_path}: "

@@ -59,11 +59,35 @@ def assert_monotonic(statuses: list[dict]) -> None:
     assert all(b >= a for a, b in zip(progress, progress[1:], strict=False)), progress
 
 
-def test_end_to_end_with_redis_and_worker_processes(stack_factory, redis_url, tmp_path):
+@pytest.fixture(scope="module")
+def shared_stack(tmp_path_factory):
+    """One api + one worker (prefork, concurrency 1) for the tests that do not crash anything."""
+    import uuid
+
+    from tests.service.helpers import REDIS_HOST, REDIS_PORT, Stack, redis_available
+
+    if not redis_available():
+        pytest.skip("needs Redis at 127.0.0.1:6379")
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    stack = Stack(tmp_path_factory.mktemp("shared"), f"redis://{REDIS_HOST}:{REDIS_PORT}/9",
+                  redis_key_prefix=prefix, webhook_secret="s3cr3t-for-tests", webhook_backoff_s=0.5)
+    try:
+        stack.start_api()
+        stack.start_worker(FAKE_STEP_S="0.05")
+        yield stack
+    finally:
+        stack.stop()
+        import redis
+
+        r = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=9)
+        for key in r.scan_iter(match=f"{prefix}*"):
+            r.delete(key)
+        r.close()
+
+
+def test_end_to_end_with_redis_and_worker_processes(shared_stack, tmp_path):
     sink = WebhookSink(fail_first=1)
-    stack = stack_factory(redis_url, webhook_secret="s3cr3t-for-tests", webhook_backoff_s=0.5)
-    stack.start_api()
-    stack.start_worker()
+    stack = shared_stack
     try:
         client = Client(stack.url, stack.key)
         cap = tmp_path / "capture.zip"
@@ -133,10 +157,8 @@ def test_end_to_end_with_redis_and_worker_processes(stack_factory, redis_url, tm
         sink.close()
 
 
-def test_cancel_while_training_stops_within_seconds_and_worker_takes_next_job(stack_factory, redis_url):
-    stack = stack_factory(redis_url)
-    stack.start_api()
-    stack.start_worker(FAKE_STEP_S="0.05")
+def test_cancel_while_training_stops_within_seconds_and_worker_takes_next_job(shared_stack):
+    stack = shared_stack
     long_job = stack.submit_zip({"steps": 2000})  # ~100 s of training if not cancelled
     stack.wait(long_job["id"], lambda j: j["state"] == "training" and j["metrics"].get("train.step", 0) > 5)
     t0 = time.monotonic()
@@ -155,6 +177,7 @@ def test_cancel_while_training_stops_within_seconds_and_worker_takes_next_job(st
     assert stack.job(long_job["id"])["metrics"]["train.step"] == steps_at_cancel
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_training_is_resumed_from_checkpoint(stack_factory, redis_url):
     stack = stack_factory(redis_url, lease_timeout_s=5)
     stack.start_api()
@@ -175,6 +198,7 @@ def test_worker_killed_mid_training_is_resumed_from_checkpoint(stack_factory, re
     assert time.monotonic() - killed_at < 60
 
 
+@pytest.mark.slow
 def test_short_visibility_timeout_still_runs_a_long_stage_once(stack_factory, redis_url):
     # The broker redelivers the unacked training message after 2 s to the second worker, which finds the
     # first worker's live lease and exits without working.
@@ -192,6 +216,7 @@ def test_short_visibility_timeout_still_runs_a_long_stage_once(stack_factory, re
     assert skipped >= 1, "the message was never redelivered, so this test proved nothing:\n" + stack.logs()
 
 
+@pytest.mark.slow
 def test_job_that_kills_its_worker_fails_after_three_attempts(stack_factory, redis_url):
     stack = stack_factory(redis_url, lease_timeout_s=3)
     stack.start_api()
@@ -212,6 +237,7 @@ def _start_redis(port: int) -> subprocess.Popen:
     return p
 
 
+@pytest.mark.slow
 def test_broker_wiped_while_job_queued_is_reenqueued_by_reconciler(stack_factory, redis_key_prefix):
     import redis
 

@@ -1,0 +1,147 @@
+"""The neural feature field (GIRAFFE): density and an M_f-dim feature per point, volume-rendered into a
+low-resolution feature map that `core.fields.neural_renderer` decodes into the full-resolution image.
+
+- `FeatureField`: the hash-grid field of `core.fields.nerf` whose head outputs M_f raw features.
+- `build_field`: the field a TrainConfig asks for (NeRF or feature field), composed of a foreground and a
+  background field (`core.fields.compose`) when `composition` is on.
+- `FeatureFieldModel`: the model layer: a RadianceModel (sampler + volume renderer) plus the neural
+  renderer, with ray grids for patches and whole frames (a ray per s x s block of output pixels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from core.config import TrainConfig
+from core.fields.compose import ComposedField
+from core.fields.nerf import FieldConfig, HashNerfField
+from core.fields.neural_renderer import NeuralRenderer, NeuralRendererConfig, RendererOutput
+from core.model import RadianceModel, field_config, sampler_config
+from core.rays import RayBundle, rays_from_pixels
+from core.render import RenderOutput
+from core.sampling import SamplerConfig
+
+
+class FeatureField(HashNerfField):
+    """HashNerfField (same hash grid, density MLP, SH view encoding, appearance codes) whose head outputs
+    `feature_dim` raw (unsquashed) features instead of RGB.
+
+    forward(points_field (S, 3), directions (S, 3) unit, image_index (S,) int64) -> FieldOutput
+    (density (S,) per field unit, features (S, feature_dim) float32).
+    """
+
+    def __init__(self, cfg: FieldConfig, feature_dim: int, contracted: bool, device: str | torch.device = "cpu",
+                 seed: int = 0) -> None:
+        if feature_dim < 1:
+            raise ValueError(f"feature_dim must be >= 1, got {feature_dim}")
+        super().__init__(replace(cfg, out_features=feature_dim, out_activation="none"), contracted, device, seed)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.cfg.out_features
+
+
+def build_field(cfg: TrainConfig, contracted: bool, n_images: int, device: torch.device | str) -> nn.Module:
+    """The field of `cfg.model` ("nerf" -> RGB, "feature_field" -> `cfg.feature_dim` features).
+
+    With `cfg.composition`: a ComposedField of a bounded foreground field (its box set later with
+    `set_region`, default the unit box) and a contracted background field (seed + 1); `contracted` is
+    then ignored (the composed field is always sampled as an unbounded scene).
+    """
+    base = field_config(cfg, n_images)
+
+    def one(is_contracted: bool, seed: int) -> nn.Module:
+        if cfg.model == "feature_field":
+            return FeatureField(base, cfg.feature_dim, is_contracted, device, seed)
+        if cfg.model == "nerf":
+            return HashNerfField(base, is_contracted, device, seed)
+        raise ValueError(f"no hash-grid field for model {cfg.model!r}: use nerf or feature_field")
+
+    if not cfg.composition:
+        return one(contracted, cfg.seed)
+    return ComposedField(one(False, cfg.seed), one(True, cfg.seed + 1))
+
+
+def renderer_config(cfg: TrainConfig) -> NeuralRendererConfig:
+    """The neural renderer for a feature-field config: M_f features + opacity in, `cfg.upsample` x out."""
+    return NeuralRendererConfig(in_channels=cfg.feature_dim + 1, upsample=cfg.upsample)
+
+
+def lowres_centres(u0: torch.Tensor, v0: torch.Tensor, n_u: int, n_v: int, s: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-resolution pixel coordinates of the rays of a low-resolution grid.
+
+    u0, v0: (K,) int64 top-left output pixel of each grid; n_u x n_v low-res pixels, each covering s x s
+    output pixels. Low-res pixel (i, j) sits at the centre of output pixels u0 + s i .. u0 + s i + s - 1, i.e.
+    at integer-pixel coordinate u0 + s i + (s - 1) / 2 (pixel centres are at +0.5, core.cameras).
+    Returns u, v: (K, n_v, n_u) float32 (fractional for even s).
+    """
+    off = (s - 1) / 2.0
+    i = torch.arange(n_u, device=u0.device, dtype=torch.float32) * s + off
+    j = torch.arange(n_v, device=u0.device, dtype=torch.float32) * s + off
+    u = u0.float()[:, None, None] + i[None, None, :]
+    v = v0.float()[:, None, None] + j[None, :, None]
+    return u.expand(-1, n_v, n_u), v.expand(-1, n_v, n_u)
+
+
+class FeatureFieldModel(RadianceModel):
+    """RadianceModel over a feature field, plus the neural renderer (`renderer`).
+
+    `forward(rays, background, training)` is the RadianceModel's: per-ray features (R, M_f) premultiplied
+    by opacity when background is None. `patches` renders whole image patches through the renderer.
+    """
+
+    def __init__(self, field: nn.Module, contracted: bool, sampler: SamplerConfig,
+                 renderer: NeuralRenderer) -> None:
+        super().__init__(field, contracted, sampler)
+        self.renderer = renderer
+
+    @property
+    def upsample(self) -> int:
+        return self.renderer.upsample
+
+    def feature_rays(self, rays: RayBundle, training: bool) -> tuple[torch.Tensor, RenderOutput]:
+        """Per-ray renderer input (R, M_f + 1): the features (premultiplied) and the opacity; and the
+        volume render itself (depth, opacity, sample count)."""
+        out = self(rays, None, training)
+        return torch.cat([out.features.float(), out.opacity[:, None].float()], -1), out
+
+    def patches(self, c2w_field: torch.Tensor, params: torch.Tensor, image_index: torch.Tensor,
+                u0: torch.Tensor, v0: torch.Tensor, size: int, margin: int, training: bool
+                ) -> tuple[RendererOutput, RenderOutput]:
+        """Render K patches of size x size output pixels (size a multiple of the upsampling s).
+
+        c2w_field: (K, 4, 4) float32 field frame; params: (K, 8) intrinsics; image_index, u0, v0: (K,) int64.
+        margin: extra low-res rays on each side, rendered and cropped away, so the patch's border pixels
+        see neighbours as in a whole-frame render.
+        Returns the renderer output cropped to the patch (image (K, 4, size, size), low_res (K, 4, n, n)
+        with n = size / s) and the volume render of all K (n + 2 margin)^2 rays.
+        """
+        s = self.upsample
+        if size % s:
+            raise ValueError(f"patch size {size} is not a multiple of the upsampling {s}")
+        n, k = size // s + 2 * margin, u0.shape[0]
+        u, v = lowres_centres(u0 - margin * s, v0 - margin * s, n, n, s)
+        per_ray = n * n
+        rays = rays_from_pixels(c2w_field.repeat_interleave(per_ray, 0), params.repeat_interleave(per_ray, 0),
+                                u.reshape(-1), v.reshape(-1), image_index.repeat_interleave(per_ray, 0))
+        feats, out = self.feature_rays(rays, training)
+        fmap = feats.view(k, n, n, -1).permute(0, 3, 1, 2)
+        rendered = self.renderer(fmap)
+        lo, hi = margin, n - margin
+        cropped = RendererOutput(rendered.image[:, :, lo * s:hi * s, lo * s:hi * s],
+                                 rendered.low_res[:, :, lo:hi, lo:hi])
+        return cropped, out
+
+
+def build_feature_model(cfg: TrainConfig, contracted: bool, n_images: int, device: torch.device
+                        ) -> FeatureFieldModel:
+    """A FeatureFieldModel for `cfg` (model "feature_field") on `device`; composed fields are contracted."""
+    if cfg.model != "feature_field":
+        raise ValueError(f"build_feature_model needs model 'feature_field', got {cfg.model!r}")
+    field = build_field(cfg, contracted, n_images, device)
+    renderer = NeuralRenderer(renderer_config(cfg))
+    return FeatureFieldModel(field, contracted or cfg.composition, sampler_config(cfg), renderer).to(device)

@@ -1,0 +1,118 @@
+"""The composition operator (GIRAFFE): sigma = sum sigma_i, f = sum sigma_i f_i / sigma; and ComposedField."""
+
+from __future__ import annotations
+
+import torch
+
+from core.fields.base import FieldOutput
+from core.fields.compose import ComposedField, compose, compose_outputs, region_mask
+from core.fields.encoding import HashGridConfig
+from core.fields.nerf import FieldConfig, HashNerfField
+
+
+def test_one_field_is_the_identity():
+    sigma = torch.rand(50) * 10
+    sigma[:5] = 0.0
+    feats = torch.randn(50, 16)
+    total, f = compose([sigma], [feats])
+    assert torch.equal(total, sigma) and torch.equal(f, feats)
+    out = compose_outputs([FieldOutput(sigma, feats)])
+    assert torch.equal(out.density, sigma) and torch.equal(out.features, feats)
+
+
+def test_two_fields_with_zero_density_in_one():
+    sigma_a = torch.tensor([0.5, 3.0, 100.0, 1e-3])
+    f_a, f_b = torch.randn(4, 8), torch.randn(4, 8)
+    total, f = compose([sigma_a, torch.zeros(4)], [f_a, f_b])
+    assert torch.allclose(total, sigma_a)
+    assert torch.allclose(f, f_a, atol=1e-5)            # the empty field contributes nothing
+    total, f = compose([torch.zeros(4), sigma_a], [f_a, f_b])
+    assert torch.allclose(f, f_b, atol=1e-5)
+
+
+def test_density_weighted_mean_matches_the_formula():
+    sigmas = [torch.rand(30) * 5 + 0.1 for _ in range(3)]
+    feats = [torch.randn(30, 4) for _ in range(3)]
+    total, f = compose(sigmas, feats)
+    expected = sum(s[:, None] * x for s, x in zip(sigmas, feats, strict=True)) / sum(sigmas)[:, None]
+    assert torch.allclose(total, sum(sigmas))
+    assert torch.allclose(f, expected, atol=1e-5)
+
+
+def test_gradients_flow_to_both_fields():
+    sa = torch.tensor([1.0, 2.0, 0.5], requires_grad=True)
+    sb = torch.tensor([0.3, 4.0, 0.5], requires_grad=True)
+    fa = torch.randn(3, 5, requires_grad=True)
+    fb = torch.randn(3, 5, requires_grad=True)
+    total, f = compose([sa, sb], [fa, fb])
+    (total.sum() + (f * torch.randn(3, 5)).sum()).backward()
+    for g in (sa.grad, sb.grad, fa.grad, fb.grad):
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+    # d f / d f_a = sigma_a / sigma for each point (a linear map, so check with a unit upstream gradient).
+    fa.grad = None
+    _, f = compose([sa.detach(), sb.detach()], [fa, fb.detach()])
+    f.sum().backward()
+    assert torch.allclose(fa.grad[:, 0], (sa / (sa + sb)).detach(), atol=1e-6)
+
+
+def test_no_nan_where_every_density_is_zero():
+    sa = torch.zeros(6, requires_grad=True)
+    sb = torch.zeros(6, requires_grad=True)
+    fa = torch.randn(6, 3, requires_grad=True)
+    fb = torch.randn(6, 3, requires_grad=True)
+    total, f = compose([sa, sb], [fa, fb])
+    assert torch.equal(total, torch.zeros(6))
+    assert torch.allclose(f, 0.5 * (fa + fb))            # the plain mean where sigma = 0
+    (f.sum() + total.sum()).backward()
+    for g in (sa.grad, sb.grad, fa.grad, fb.grad):
+        assert torch.isfinite(g).all()
+
+
+def test_region_mask_box_and_plane():
+    pts = torch.tensor([[0.0, 0.0, 0.5], [0.0, 0.0, -0.5], [2.0, 0.0, 0.5], [0.9, -0.9, 0.01]])
+    lo, hi = -torch.ones(3), torch.ones(3)
+    no_plane = torch.zeros(4)
+    assert region_mask(pts, lo, hi, no_plane).tolist() == [True, True, False, True]
+    above = torch.tensor([0.0, 0.0, 1.0, 0.0])             # keep z >= 0
+    assert region_mask(pts, lo, hi, above).tolist() == [True, False, False, True]
+
+
+def _small_field(contracted: bool, seed: int) -> HashNerfField:
+    grid = HashGridConfig(n_levels=4, features_per_level=2, log2_hashmap_size=12, base_resolution=4,
+                          max_resolution=32)
+    return HashNerfField(FieldConfig(grid=grid, hidden=16, out_features=5, out_activation="none"),
+                         contracted, seed=seed)
+
+
+def test_composed_field_splits_space_and_keeps_the_field_contract():
+    torch.manual_seed(0)
+    fg, bg = _small_field(False, 0), _small_field(True, 1)
+    field = ComposedField(fg, bg)
+    field.set_region([-0.5, -0.5, 0.0], [0.5, 0.5, 0.5])
+    pts = torch.tensor([[0.1, 0.1, 0.25], [0.1, 0.1, -0.25], [3.0, 0.0, 0.0]])
+    dirs = torch.nn.functional.normalize(torch.randn(3, 3), dim=-1)
+    out = field(pts, dirs, torch.full((3,), -1))
+    assert out.density.shape == (3,) and out.features.shape == (3, 5)
+    fg_d, bg_d = field.density_parts(pts)
+    assert fg_d[0] > 0 and bg_d[0] == 0                    # inside the region: foreground only
+    assert fg_d[1] == 0 and bg_d[1] > 0 and bg_d[2] > 0     # outside: background only
+    assert torch.allclose(out.density, fg_d + bg_d)
+    assert torch.allclose(field.density(pts, part="foreground"), fg_d)
+    # The foreground sees its box as [-1, 1]^3: the box centre maps to the field's origin.
+    centre = torch.tensor([[0.0, 0.0, 0.25]])
+    assert torch.allclose(field.density(centre, part="foreground"), fg.density(torch.zeros(1, 3)))
+    # Features of a foreground point are the foreground field's own (the background is 0 there).
+    own = fg(field.to_box(pts[:1]), dirs[:1], torch.full((1,), -1)).features
+    assert torch.allclose(out.features[:1], own, atol=1e-5)
+    # Gradients reach both fields through one loss.
+    (out.features.sum() + out.density.sum()).backward()
+    assert fg.encoding.params.grad.abs().sum() > 0 and bg.encoding.params.grad.abs().sum() > 0
+
+
+def test_region_is_saved_with_the_state_dict():
+    field = ComposedField(_small_field(False, 0), _small_field(True, 1))
+    field.set_region([-0.2, -0.3, 0.0], [0.4, 0.5, 0.6], [0.0, 0.0, 1.0, 0.1])
+    other = ComposedField(_small_field(False, 0), _small_field(True, 1))
+    other.load_state_dict(field.state_dict())
+    assert torch.equal(other.box_min, torch.tensor([-0.2, -0.3, 0.0]))
+    assert torch.equal(other.plane, torch.tensor([0.0, 0.0, 1.0, 0.1]))

@@ -1,0 +1,157 @@
+"""The feature-field model: field, model wiring, patch rays, patch training, rendering, save/load, exports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.capture import compute_normalization
+from core.config import TrainConfig
+from core.errors import UserInputError
+from core.fields.compose import ComposedField
+from core.fields.feature import FeatureField, build_feature_model, build_field, lowres_centres
+from core.model import field_config
+from core.rays import rays_from_pixels
+from core.train_feature import FeatureScene, train_feature_field
+
+# A tiny model: seconds per dozen steps on one CPU core.
+TINY = dict(model="feature_field", device="cpu", grid_levels=6, grid_log2_size=14, grid_base_res=8,
+            grid_max_res=128, hidden=32, march_steps=48, grid_resolution=16, feature_dim=8, upsample=4,
+            patch_size=16, batch_rays=128, checkpoint_every=1000, holdout_every=8)
+
+
+def tiny(**overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def small_capture():
+    from core.synthetic import SyntheticConfig, render_synthetic
+
+    return render_synthetic(SyntheticConfig(views=10, size=48, supersample=1))
+
+
+def test_feature_field_outputs_density_and_raw_features():
+    cfg = tiny(feature_dim=12)
+    field = FeatureField(field_config(cfg, 0), 12, contracted=False)
+    pts = torch.rand(20, 3) * 2 - 1
+    dirs = torch.nn.functional.normalize(torch.randn(20, 3), dim=-1)
+    out = field(pts, dirs, torch.full((20,), -1))
+    assert out.density.shape == (20,) and (out.density >= 0).all()
+    assert out.features.shape == (20, 12) and out.features.dtype == torch.float32
+    assert field.cfg.out_activation == "none" and field.feature_dim == 12
+    (out.features.sum() + out.density.sum()).backward()
+    assert field.encoding.params.grad.abs().sum() > 0
+
+
+def test_build_field_composition_splits_bounded_and_contracted():
+    plain = build_field(tiny(), contracted=False, n_images=0, device="cpu")
+    assert isinstance(plain, FeatureField) and not plain.contracted
+    composed = build_field(tiny(composition=True), contracted=False, n_images=0, device="cpu")
+    assert isinstance(composed, ComposedField)
+    assert not composed.foreground.contracted and composed.background.contracted
+    nerf = build_field(tiny(model="nerf", composition=True), contracted=False, n_images=0, device="cpu")
+    assert nerf.foreground.cfg.out_features == 3        # the NeRF model composes RGB fields alike
+    model = build_feature_model(tiny(composition=True), contracted=False, n_images=0, device=torch.device("cpu"))
+    assert model.contracted                              # a composed model is sampled as unbounded
+
+
+def test_lowres_ray_is_the_centre_of_its_pixel_block():
+    u, v = lowres_centres(torch.tensor([8]), torch.tensor([4]), n_u=3, n_v=2, s=4)
+    assert u.shape == (1, 2, 3)
+    # Low-res pixel (1, 1) covers output pixels u 12..15, v 8..11: centre at 14.0, 10.0 in continuous
+    # coordinates, i.e. integer-pixel coordinate 13.5, 9.5 (core.cameras adds the +0.5).
+    assert float(u[0, 1, 1]) == 13.5 and float(v[0, 1, 1]) == 9.5
+
+
+def test_patch_render_matches_the_whole_frame(small_capture):
+    """The training path (patches with a margin) and the rendering path (whole frame, tiled renderer)
+    produce the same pixels, so what is trained is what is rendered."""
+    torch.manual_seed(0)
+    cap = small_capture.capture
+    cfg = tiny()
+    norm = compute_normalization(cap.c2w)
+    model = build_feature_model(cfg, False, len(cap), torch.device("cpu")).eval()
+    scene = FeatureScene(model=model, normalization=norm, intrinsics=cap.intrinsics, c2w=cap.c2w, names=cap.names,
+                         frame=cap.frame, train_indices=list(range(len(cap))), test_indices=[], config=cfg)
+    with torch.no_grad():
+        for p in model.renderer.parameters():       # a non-trivial renderer
+            p.add_(torch.randn_like(p) * 0.3)
+    whole = scene.render(cap.c2w[3], cap.intrinsics[3], background=(0.0, 0.0, 0.0))
+    c2w_f = torch.from_numpy(norm.c2w_to_field(cap.c2w[3:4])).float()
+    params = torch.from_numpy(cap.intrinsics[3].params()).float()[None]
+    with torch.no_grad():
+        out, _ = model.patches(c2w_f, params, torch.tensor([-1]), torch.tensor([16]), torch.tensor([8]), 16,
+                               margin=4, training=False)
+    patch = out.image[0, :3].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(patch, whole.rgb[8:24, 16:32], atol=2e-4)
+    with torch.no_grad():
+        no_margin, _ = model.patches(c2w_f, params, torch.tensor([-1]), torch.tensor([16]), torch.tensor([8]), 16,
+                                     margin=0, training=False)
+    edge = (no_margin.image[0, :3].permute(1, 2, 0).numpy() - whole.rgb[8:24, 16:32])[0]
+    assert np.abs(edge).max() > 1e-3                 # without a margin the patch border differs
+
+
+def test_patch_rays_are_the_frames_rays(small_capture):
+    cap = small_capture.capture
+    c2w = torch.from_numpy(cap.c2w[:1]).float()
+    params = torch.from_numpy(cap.intrinsics[0].params()).float()[None]
+    u, v = lowres_centres(torch.tensor([0]), torch.tensor([0]), 12, 12, 4)
+    rays = rays_from_pixels(c2w.expand(144, -1, -1), params.expand(144, -1), u.reshape(-1), v.reshape(-1))
+    # The mean direction of a 4 x 4 block of full-resolution rays is the low-res ray (to ~1e-4, perspective;
+    # half a pixel off would be ~1e-2 here).
+    vv, uu = torch.meshgrid(torch.arange(48), torch.arange(48), indexing="ij")
+    full = rays_from_pixels(c2w.expand(48 * 48, -1, -1), params.expand(48 * 48, -1), uu.reshape(-1), vv.reshape(-1))
+    block = full.directions.view(12, 4, 12, 4, 3).mean((1, 3)).reshape(-1, 3)
+    block = torch.nn.functional.normalize(block, dim=-1)
+    assert torch.allclose(block, rays.directions, atol=1e-3)
+
+
+def test_few_step_training_learns_and_resumes(small_capture, tmp_path):
+    cap = small_capture.capture
+    ckpt = tmp_path / "ckpt"
+    events = []
+    first = train_feature_field(cap, tiny(steps=24, checkpoint_every=12), progress=events.append,
+                                checkpoint_dir=ckpt, evaluate_holdout=False)
+    psnrs = [e.metrics["psnr"] for e in events if "psnr" in e.metrics]
+    assert psnrs[-1] > psnrs[0] + 3.0                 # the loss goes down
+    assert first.metrics["patch_size"] == 16 and first.metrics["patches_per_batch"] >= 2
+    assert sorted(p.name for p in ckpt.iterdir())[-1] == "ckpt_00000024.pt"
+    resumed = train_feature_field(cap, tiny(steps=30, checkpoint_every=12), checkpoint_dir=ckpt,
+                                  evaluate_holdout=False)
+    assert resumed.metrics["resumed_from"] == 24
+    r = resumed.render(cap.c2w[1], cap.intrinsics[1], width=40, height=30)
+    assert r.rgb.shape == (30, 40, 3) and r.depth.shape == (30, 40) and r.opacity.shape == (30, 40)
+    assert np.isfinite(r.rgb).all() and np.isfinite(r.depth).all()
+    exact = resumed.render(cap.c2w[1], cap.intrinsics[1], width=40, height=30, exact_depth=True)
+    np.testing.assert_array_equal(exact.rgb, r.rgb)    # only the depth source changes
+
+
+def test_save_load_and_density_parts(small_capture, tmp_path):
+    cap = small_capture.capture
+    scene = train_feature_field(cap, tiny(steps=4, composition=True), evaluate_holdout=False,
+                                foreground_box=(np.array([-0.6, -0.6, 0.05]), np.array([0.6, 0.6, 0.7])))
+    assert scene.normalization.mode == "unbounded"
+    scene.save(tmp_path / "scene")
+    loaded = FeatureScene.load(tmp_path / "scene", device="cpu")
+    a = scene.render(cap.c2w[0], cap.intrinsics[0])
+    b = loaded.render(cap.c2w[0], cap.intrinsics[0])
+    np.testing.assert_allclose(a.rgb, b.rgb, atol=1e-6)
+    pts = np.array([[0.0, 0.0, 0.3], [0.0, 0.0, -0.05], [1.5, 0.0, 0.3]])
+    fg = loaded.query_density(pts, part="foreground")
+    bg = loaded.query_density(pts, part="background")
+    assert fg[0] > 0 and fg[1] == 0 and fg[2] == 0
+    assert bg[0] == 0 and bg[1] > 0
+    np.testing.assert_allclose(loaded.query_density(pts), fg + bg, rtol=1e-6)
+    single = train_feature_field(cap, tiny(steps=1), evaluate_holdout=False)
+    with pytest.raises(UserInputError) as err:
+        single.query_density(pts, part="foreground")
+    assert err.value.code == "mesh_part_needs_composition"
+
+
+def test_rejects_images_smaller_than_the_upsampling(small_capture):
+    cap = small_capture.capture.resized(max_side=6)
+    with pytest.raises(UserInputError) as err:
+        train_feature_field(cap, tiny(steps=1, upsample=8), evaluate_holdout=False)
+    assert err.value.code == "images_too_small"
