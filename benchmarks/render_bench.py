@@ -110,8 +110,8 @@ def main() -> None:
         figures[f"mesh_{res}_peak_rss_gb"] = peak_rss_gb()
         if dev.startswith("cuda"):
             figures[f"mesh_{res}_peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1024 ** 3
-    print(json.dumps({"machine": machine(dev), "config": {**source, "chunk": args.chunk,
-                      "render_sizes": ["640x480", "4032x3024"]}, "figures": figures}, indent=2))
+    config = {**source, "chunk": args.chunk, "render_sizes": ["640x480"] + ([] if args.no_big else ["4032x3024"])}
+    print(json.dumps({"machine": machine(dev), "config": config, "figures": figures}, indent=2))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from core.cameras import Intrinsics
+from core.errors import UserInputError
 
 SceneMode = Literal["bounded", "unbounded"]
 
@@ -75,7 +76,10 @@ class Capture:
                 raise ValueError(f"capture: {n} images but {len(self.masks)} masks")
             for m, img, name in zip(self.masks, self.images, self.names, strict=True):
                 if m is not None and (m.dtype != np.bool_ or m.shape != img.shape[:2]):
-                    raise ValueError(f"mask of {name}: expected {img.shape[:2]} bool, got {m.shape} {m.dtype}")
+                    raise UserInputError("mask_size_mismatch",
+                                         f"the mask of {name} is {m.shape[1]}x{m.shape[0]} ({m.dtype}) but the "
+                                         f"image is {img.shape[1]}x{img.shape[0]}.",
+                                         "Give each image a black-and-white mask of the same size.")
 
     def __len__(self) -> int:
         return len(self.images)

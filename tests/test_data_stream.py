@@ -300,11 +300,10 @@ def test_capture_masks_errors_name_the_image():
     images = _images()
     intr = [Intrinsics(30.0, 30.0, img.shape[1] / 2, img.shape[0] / 2, img.shape[1], img.shape[0])
             for img in images]
-    capture = Capture(images, intr, np.stack([np.eye(4)] * 2), ["a.jpg", "b.jpg"],
-                      masks=[np.ones((5, 5), bool), None])
-    with pytest.raises(UserInputError) as err:
-        PixelStore.from_capture(capture)
+    with pytest.raises(UserInputError) as err:       # the capture itself refuses a mask of the wrong size
+        Capture(images, intr, np.stack([np.eye(4)] * 2), ["a.jpg", "b.jpg"], masks=[np.ones((5, 5), bool), None])
     assert err.value.code == "mask_size_mismatch" and "a.jpg" in err.value.message
+    capture = Capture(images, intr, np.stack([np.eye(4)] * 2), ["a.jpg", "b.jpg"])
     capture.masks = [np.zeros(images[0].shape[:2], bool), np.zeros(images[1].shape[:2], bool)]
     with pytest.raises(UserInputError) as err:
         PixelStore.from_capture(capture)

@@ -189,7 +189,8 @@ def read_camera_path(path: Path) -> CameraPath:
     """Read a camera path file: nerfstudio's format ("camera_path") or ours ("c2w" + "intrinsics").
 
     nerfstudio: camera_to_world is 16 floats, row-major, OpenGL axes; fov is vertical, in degrees;
-    size from render_width/render_height (or aspect). Its poses are taken to be in the input frame.
+    size from render_width/render_height (or render_height and aspect; 720 px high when neither is given).
+    Its poses are taken to be in the input frame.
     Ours: "c2w" a list of 4x4 (or 16 floats) in OpenCV axes unless "convention": "opengl".
     """
     path = Path(path)

@@ -78,14 +78,15 @@ def assert_nothing_left(api: Api) -> None:
 
 
 def test_create_job_queues_it_with_urls_and_a_log(api: Api):
-    r = api.post_files([("capture.zip", zip_of_images(3))], {"preset": "fast"})
+    archive = zip_of_images(3)
+    r = api.post_files([("capture.zip", archive)], {"preset": "fast"})
     assert r.status_code == 201, r.text
     job = r.json()
     assert job["state"] == "queued" and job["stage"] == "ingest" and job["options"]["preset"] == "fast"
     assert r.headers["location"].endswith(f"/v1/jobs/{job['id']}")
     assert len(job["id"]) == 36 and job["id"].count("-") == 4  # uuid4
     inputs = JobDirs(api.settings.data_root / "jobs" / job["id"]).inputs
-    assert (inputs / "capture.zip").read_bytes() == zip_of_images(3)
+    assert (inputs / "capture.zip").read_bytes() == archive
     assert api.staging_on_disk() == []
     log = api.client.get(f"/v1/jobs/{job['id']}/log", headers=api.alice).json()
     assert "job created: 1 files (3 images" in log["lines"][0]
