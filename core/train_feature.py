@@ -38,9 +38,12 @@ from core.scene import RenderResult, TrainedScene, resolve_device
 from core.train import _composite, _param_groups, _save_checkpoint, _scheduler, evaluate, latest_checkpoint
 
 LOW_RES_WEIGHT = 1.0          # weight of the first-skip (feature resolution) loss
-RENDERER_LR_FACTOR = 0.1      # the CNN's learning rate, relative to config.lr
+RENDERER_LR_FACTOR = 0.5      # the CNN's learning rate, relative to config.lr
 PATCH_MARGIN = 1              # low-res rays rendered around each patch and cropped away
 PATCHES_MIN = 2
+PLANE_AT = 0.3                # with composition: fit the support plane after this fraction of the steps
+PLANE_VIEWS = 6               # training views rendered (at PLANE_SIDE px) to find the support plane
+PLANE_SIDE = 64
 
 
 # ---- the foreground region ------------------------------------------------------------------------
@@ -61,6 +64,86 @@ def set_foreground_box(field: ComposedField, norm: SceneNormalization, box_world
         raise UserInputError("roi_box_empty", f"the foreground box {list(box_world[0])} .. {list(box_world[1])} "
                              "is empty.", "Give the box as (min corner, max corner) in the input frame.")
     field.set_region(lo.tolist(), hi.tolist())
+
+
+def camera_up(c2w: np.ndarray) -> np.ndarray:
+    """(3,) float64 unit vector: the mean of the cameras' up axes (-y in OpenCV axes). c2w: (N, 4, 4)."""
+    up = -np.asarray(c2w)[:, :3, 1].mean(0)
+    return up / max(np.linalg.norm(up), 1e-12)
+
+
+def fit_support_plane(points: np.ndarray, up: np.ndarray, tol: float, min_fraction: float = 0.15,
+                      max_tilt_deg: float = 30.0, iters: int = 256, seed: int = 0) -> np.ndarray | None:
+    """The dominant plane facing `up` among surface points (RANSAC, then least squares on the inliers).
+
+    points: (N, 3) float64 surface points, any frame; up: (3,) unit, same frame; tol: inlier distance,
+    same units. Planes tilted more than max_tilt_deg from horizontal (w.r.t. up) are ignored, and the best
+    must hold min_fraction of the points. Returns [nx, ny, nz, d] (float64, n unit with n . up > 0; the
+    points above are n . x >= d), shifted up by 3 standard deviations of the inliers' residuals (at
+    least tol), so that the plane's own surface lies below it; or None.
+    """
+    if len(points) < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    cos_max = np.cos(np.deg2rad(max_tilt_deg))
+    best, best_count = None, 0
+    for _ in range(iters):
+        a, b, c = points[rng.choice(len(points), 3, replace=False)]
+        n = np.cross(b - a, c - a)
+        norm = np.linalg.norm(n)
+        if norm < 1e-12:
+            continue
+        n = n / norm * np.sign(n @ up or 1.0)
+        if n @ up < cos_max:
+            continue
+        count = int((np.abs(points @ n - n @ a) < tol).sum())
+        if count > best_count:
+            best, best_count = (n, n @ a), count
+    if best is None or best_count < min_fraction * len(points):
+        return None
+    inliers = points[np.abs(points @ best[0] - best[1]) < tol]
+    centre = inliers.mean(0)
+    n = np.linalg.svd(inliers - centre)[2][-1]
+    n = n * np.sign(n @ up or 1.0)
+    residual = (inliers - centre) @ n
+    return np.array([*n, n @ centre + max(3.0 * residual.std(), tol)])
+
+
+def find_support_plane(scene: FeatureScene, indices: list[int], tol_fraction: float = 0.01) -> np.ndarray | None:
+    """The support plane (ground, table top) under a composed field's foreground, in the field frame.
+
+    Renders the capture cameras `indices` at PLANE_SIDE px, keeps the opaque surface points inside the
+    foreground box and fits `fit_support_plane` with a tolerance of tol_fraction x the box diagonal.
+    Returns [nx, ny, nz, d] (field frame) or None.
+    """
+    field = scene.model.field
+    lo, hi = field.box_min.cpu().numpy().astype(np.float64), field.box_max.cpu().numpy().astype(np.float64)
+    pts = []
+    for i in indices:
+        k = scene.intrinsics[i]
+        scale = min(1.0, PLANE_SIDE / max(k.width, k.height))
+        k = k.scaled(max(1, round(k.width * scale)), max(1, round(k.height * scale)))
+        r = scene.render(scene.c2w[i], k)
+        ok = r.opacity >= 0.9
+        if ok.any():
+            pts.append(scene.normalization.to_field(backproject_depth(r.depth_median, scene.c2w[i], k)[ok]))
+    if not pts:
+        return None
+    pts = np.concatenate(pts)
+    pts = pts[((pts >= lo) & (pts <= hi)).all(1)]
+    return fit_support_plane(pts, camera_up(scene.c2w), tol_fraction * float(np.linalg.norm(hi - lo)))
+
+
+def foreground_region_world(field: ComposedField, norm: SceneNormalization) -> dict:
+    """The foreground region in the input frame: {"box_min", "box_max": (3,) lists, "plane": [nx, ny, nz, d]
+    (points with n . x >= d are kept) or None}."""
+    lo, hi = (norm.to_world(b.detach().cpu().numpy().astype(np.float64)) for b in (field.box_min, field.box_max))
+    plane = field.plane.detach().cpu().numpy().astype(np.float64)
+    if not plane[:3].any():
+        return {"box_min": lo.tolist(), "box_max": hi.tolist(), "plane": None}
+    # n . x_field >= d with x_field = (x - c) s  <=>  n . x >= d / s + n . c
+    d_world = plane[3] / norm.scale + plane[:3] @ np.asarray(norm.center)
+    return {"box_min": lo.tolist(), "box_max": hi.tolist(), "plane": [*plane[:3].tolist(), float(d_world)]}
 
 
 # ---- losses ---------------------------------------------------------------------------------------
@@ -90,6 +173,55 @@ def patch_layout(config: TrainConfig, store: PixelStore) -> tuple[int, int]:
         raise UserInputError("images_too_small", f"the smallest training image side is {smallest} px, less "
                              f"than the feature-field upsampling {s}.", "Use larger images or a smaller --upsample.")
     return size, max(PATCHES_MIN, config.batch_rays // (size // s) ** 2)
+
+
+# ---- mesh parts -----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def density_of_part(scene: TrainedScene, points_world: np.ndarray, part: str, chunk: int = 1 << 18) -> np.ndarray:
+    """points_world: (N, 3) float64 input frame -> (N,) float32 density (per field-frame unit) of one part
+    ("all", "foreground", "background") of a scene whose field is a ComposedField (NeRF or feature field).
+    Raises UserInputError for a part other than "all" on a single field."""
+    field = scene.model.field
+    if not isinstance(field, ComposedField):
+        if part == "all":
+            return scene.query_density(points_world, chunk)
+        raise UserInputError("mesh_part_needs_composition", f"mesh part {part!r} needs a model trained with "
+                             "composition on; this one has a single field.",
+                             "Use --mesh-part all, or retrain with --composition on.")
+    scene.model.eval()
+    pts = torch.from_numpy(scene.normalization.to_field(np.asarray(points_world).reshape(-1, 3))).float()
+    out = np.zeros(len(pts), np.float32)
+    for start in range(0, len(pts), chunk):
+        d = field.density(pts[start:start + chunk].to(scene.device), part=part)
+        out[start:start + len(d)] = d.float().cpu().numpy()
+    return out
+
+
+class PartScene:
+    """What the mesh exporter needs (core.export.scene_api.SceneLike) from one part of a composed scene:
+    `query_density` and the occupied bounds are the part's (the foreground box for "foreground"); rendering,
+    cameras and everything else are the whole scene's. Mesh with the whole scene's iso-level."""
+
+    def __init__(self, scene: TrainedScene, part: str) -> None:
+        self.scene, self.part = scene, part
+        if part != "all":
+            density_of_part(scene, np.zeros((1, 3)), part)     # fails early for a single field
+
+    def __getattr__(self, name: str):
+        return getattr(self.scene, name)
+
+    def query_density(self, points_world: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+        """points_world: (N, 3) float64 input frame -> (N,) float32 density of this part."""
+        return density_of_part(self.scene, points_world, self.part, chunk)
+
+    def occupied_bbox_world(self) -> tuple[np.ndarray, np.ndarray]:
+        """(3,), (3,) float64 input-frame bounds: the scene's occupied box, within the foreground box."""
+        lo, hi = self.scene.occupied_bbox_world()
+        if self.part == "foreground":
+            region = foreground_region_world(self.scene.model.field, self.scene.normalization)
+            lo, hi = np.maximum(lo, region["box_min"]), np.minimum(hi, region["box_max"])
+        return lo, hi
 
 
 # ---- the scene ------------------------------------------------------------------------------------
@@ -156,7 +288,6 @@ class FeatureScene(TrainedScene):
         as_np = lambda t: t[crop].float().cpu().numpy()  # noqa: E731
         return RenderResult(as_np(rgb), as_np(depth), as_np(median), as_np(alpha))
 
-    @torch.no_grad()
     def query_density(self, points_world: np.ndarray, chunk: int = 1 << 18, part: str = "all") -> np.ndarray:
         """points_world: (N, 3) input frame -> (N,) float32 density per field-frame unit length.
 
@@ -164,18 +295,7 @@ class FeatureScene(TrainedScene):
         """
         if part == "all":
             return super().query_density(points_world, chunk)
-        field = self.model.field
-        if not isinstance(field, ComposedField):
-            raise UserInputError("mesh_part_needs_composition", f"mesh part {part!r} needs a model trained with "
-                                 "composition on; this one has a single field.",
-                                 "Use --mesh-part all, or retrain with --composition on.")
-        self.model.eval()
-        pts = torch.from_numpy(self.normalization.to_field(np.asarray(points_world).reshape(-1, 3))).float()
-        out = np.zeros(len(pts), np.float32)
-        for start in range(0, len(pts), chunk):
-            d = field.density(pts[start:start + chunk].to(self.device), part=part)
-            out[start:start + len(d)] = d.float().cpu().numpy()
-        return out
+        return density_of_part(self, points_world, part, chunk)
 
     @classmethod
     def load(cls, directory: Path, device: str = "auto") -> FeatureScene:
@@ -217,12 +337,15 @@ def _restore(path: Path, device: torch.device, model, opt, sched, stream, scaler
 def train_feature_field(capture: Capture, config: TrainConfig, progress: ProgressFn = no_progress,
                         should_stop: StopFn = never_stop, checkpoint_dir: Path | None = None, resume: bool = True,
                         evaluate_holdout: bool = True,
-                        foreground_box: tuple[np.ndarray, np.ndarray] | None = None) -> FeatureScene:
+                        foreground_box: tuple[np.ndarray, np.ndarray] | None = None,
+                        support_plane: bool = True) -> FeatureScene:
     """Train the feature-field model (config.model == "feature_field") on a posed capture, by patches.
 
     With config.composition the scene is normalised as unbounded and split into a foreground field in
     `foreground_box` (min (3,), max (3,) input frame; default `default_foreground_box`) and a contracted
-    background field elsewhere. Checkpoints, resume and cancellation behave as in core.train.train.
+    background field elsewhere; with support_plane, after PLANE_AT of the steps the dominant upward-facing
+    plane in the box (ground, table top: `find_support_plane`) is cut off the foreground, so the background
+    carries it. Checkpoints, resume and cancellation behave as in core.train.train.
     """
     if len(capture) < 2:
         raise UserInputError("too_few_images", f"training needs at least 2 posed images, got {len(capture)}.",
@@ -255,6 +378,13 @@ def train_feature_field(capture: Capture, config: TrainConfig, progress: Progres
     ckpt = latest_checkpoint(checkpoint_dir) if resume else None
     start = _restore(ckpt, device, model, opt, sched, stream, scaler) if ckpt is not None else 0
     white = torch.ones(1, 3, device=device)
+
+    def snapshot() -> FeatureScene:
+        return FeatureScene(model=model, normalization=norm, intrinsics=list(capture.intrinsics), c2w=capture.c2w,
+                            names=list(capture.names), frame=capture.frame, train_indices=train_idx,
+                            test_indices=test_idx, config=config_run, device=device)
+
+    plane_step = int(PLANE_AT * config.steps) if support_plane and isinstance(model.field, ComposedField) else -1
     t0, last_report, rays_done, samples_done = time.time(), 0.0, 0, 0
     loss_value = psnr_value = float("nan")
     try:
@@ -263,6 +393,11 @@ def train_feature_field(capture: Capture, config: TrainConfig, progress: Progres
                 if checkpoint_dir is not None:
                     _save_checkpoint(checkpoint_dir, step, model, opt, sched, stream, scaler, config.keep_checkpoints)
                 raise Cancelled(f"training stopped at step {step}")
+            if step == plane_step:
+                progress(ProgressEvent("training", step / config.steps, "finding the support plane"))
+                plane = find_support_plane(snapshot(), train_idx[::max(1, len(train_idx) // PLANE_VIEWS)])
+                if plane is not None:
+                    model.field.set_region(model.field.box_min, model.field.box_max, plane.tolist())
             model.train()
             model.update_grid(step)
             batch = next(stream)
@@ -308,14 +443,14 @@ def train_feature_field(capture: Capture, config: TrainConfig, progress: Progres
     finally:
         stream.close()
     train_seconds = time.time() - t0
-    scene = FeatureScene(model=model, normalization=norm, intrinsics=list(capture.intrinsics), c2w=capture.c2w,
-                         names=list(capture.names), frame=capture.frame, train_indices=train_idx,
-                         test_indices=test_idx, config=config_run, device=device)
+    scene = snapshot()
     scene.metrics = {"steps": config.steps, "resumed_from": start, "train_seconds": train_seconds,
                      "rays_per_s": rays_done / max(train_seconds, 1e-9),
                      "samples_per_s": samples_done / max(train_seconds, 1e-9), "final_train_loss": loss_value,
                      "final_train_psnr": psnr_value, "backend": config_run.backend, "device": str(device),
                      "scene_mode": norm.mode, "model": config.model, "patch_size": size, "patches_per_batch": count}
+    if isinstance(model.field, ComposedField):
+        scene.metrics["foreground_region"] = foreground_region_world(model.field, norm)
     if evaluate_holdout and test_idx:
         progress(ProgressEvent("training", 1.0, "evaluating held-out views"))
         scene.metrics.update(evaluate(scene, capture, test_idx, config.eval_max_views))

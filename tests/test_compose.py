@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from core.fields.base import FieldOutput
@@ -116,3 +117,30 @@ def test_region_is_saved_with_the_state_dict():
     other.load_state_dict(field.state_dict())
     assert torch.equal(other.box_min, torch.tensor([-0.2, -0.3, 0.0]))
     assert torch.equal(other.plane, torch.tensor([0.0, 0.0, 1.0, 0.1]))
+
+
+def test_support_plane_is_found_under_objects_and_not_invented():
+    from core.train_feature import camera_up, fit_support_plane
+
+    rng = np.random.default_rng(0)
+    up = np.array([0.0, 0.0, 1.0])
+    ground = np.c_[rng.uniform(-1, 1, (3000, 2)), rng.normal(0.2, 0.004, 3000)]        # the plane z = 0.2
+    sphere = rng.normal(size=(1500, 3))
+    sphere = sphere / np.linalg.norm(sphere, axis=1, keepdims=True) * 0.3 + [0.3, 0.2, 0.5]
+    wall = np.c_[rng.uniform(-1, 1, 800), np.full(800, 0.9), rng.uniform(0.2, 1.0, 800)]  # vertical: ignored
+    plane = fit_support_plane(np.concatenate([ground, sphere, wall]), up, tol=0.02)
+    assert plane is not None
+    assert np.allclose(plane[:3], up, atol=0.02)
+    assert 0.2 + 0.01 <= plane[3] <= 0.2 + 0.03          # just above the ground's own surface
+    assert (sphere @ plane[:3] >= plane[3]).mean() > 0.9  # the object stays above it
+    # A tilted frame: the same scene rotated 20 degrees about x is found with the same offset.
+    c, s = np.cos(np.deg2rad(20)), np.sin(np.deg2rad(20))
+    rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    tilted = fit_support_plane(np.concatenate([ground, sphere, wall]) @ rot.T, rot @ up, tol=0.02)
+    assert np.allclose(tilted[:3], rot @ up, atol=0.02) and abs(tilted[3] - plane[3]) < 0.01
+    # Only the object (no dominant plane): none.
+    assert fit_support_plane(sphere, up, tol=0.02) is None
+    # Cameras' up axis: -y of OpenCV cameras, averaged.
+    c2w = np.tile(np.eye(4), (2, 1, 1))
+    c2w[:, :3, 1] = [[0, 0, -1], [0.1, 0, -1]]
+    assert np.allclose(camera_up(c2w), [-0.05, 0, 1] / np.linalg.norm([-0.05, 0, 1]))

@@ -10,15 +10,22 @@ from core.fields.neural_renderer import (
     NeuralRenderer,
     NeuralRendererConfig,
     joint_bilateral_upsample,
+    logit,
     over_background,
     render_tiled,
 )
 
 
+def giraffe(in_channels: int, upsample: int, width: int = 16, **kw) -> NeuralRenderer:
+    """The plain GIRAFFE renderer (no RGBA skip input), randomly initialised."""
+    return NeuralRenderer(NeuralRendererConfig(in_channels=in_channels, upsample=upsample, width=width,
+                                               rgba_skip=False, **kw))
+
+
 @pytest.mark.parametrize("upsample", [1, 2, 4, 8])
 def test_output_sizes_and_block_count(upsample):
     torch.manual_seed(0)
-    net = NeuralRenderer(NeuralRendererConfig(in_channels=9, upsample=upsample, width=32))
+    net = giraffe(9, upsample, width=32)
     n = {1: 0, 2: 1, 4: 2, 8: 3}[upsample]
     assert len(net.blocks) == n and len(net.to_rgb) == n + 1
     assert all(b.kernel_size == (3, 3) for b in net.blocks)
@@ -36,7 +43,7 @@ def test_upsample_must_be_a_power_of_two():
 
 def test_first_skip_is_the_feature_maps_own_rgb_and_skips_add_up():
     torch.manual_seed(0)
-    net = NeuralRenderer(NeuralRendererConfig(in_channels=6, upsample=4, width=16))
+    net = giraffe(6, 4)
     x = torch.randn(1, 6, 6, 6)
     out = net(x)
     assert torch.allclose(out.low_res, torch.sigmoid(net.to_rgb[0](x)))
@@ -53,7 +60,7 @@ def test_first_skip_is_the_feature_maps_own_rgb_and_skips_add_up():
 
 def test_blocks_use_nearest_upsampling_then_conv_then_leaky_relu():
     torch.manual_seed(0)
-    net = NeuralRenderer(NeuralRendererConfig(in_channels=3, upsample=2, width=8, leaky_slope=0.2))
+    net = giraffe(3, 2, width=8, leaky_slope=0.2)
     x = torch.randn(1, 3, 4, 4)
     hidden = F.leaky_relu(net.blocks[0](x.repeat_interleave(2, 2).repeat_interleave(2, 3)), 0.2)
     logits = F.interpolate(net.to_rgb[0](x), scale_factor=2, mode="bilinear") + net.to_rgb[1](hidden)
@@ -62,7 +69,7 @@ def test_blocks_use_nearest_upsampling_then_conv_then_leaky_relu():
 
 def test_gradients_reach_the_features_and_every_parameter():
     torch.manual_seed(0)
-    net = NeuralRenderer(NeuralRendererConfig(in_channels=5, upsample=4, width=16))
+    net = giraffe(5, 4)
     x = torch.randn(2, 5, 4, 4, requires_grad=True)
     out = net(x)
     (out.image.mean() + out.low_res.mean()).backward()
@@ -73,7 +80,7 @@ def test_gradients_reach_the_features_and_every_parameter():
 
 def test_tiled_render_equals_the_whole_map():
     torch.manual_seed(0)
-    net = NeuralRenderer(NeuralRendererConfig(in_channels=5, upsample=4, width=16))
+    net = giraffe(5, 4)
     x = torch.randn(1, 5, 23, 37)
     with torch.no_grad():
         whole = net(x)
@@ -82,6 +89,33 @@ def test_tiled_render_equals_the_whole_map():
     assert torch.allclose(tiled.image, whole.image, atol=1e-5)
     assert torch.allclose(tiled.low_res, whole.low_res, atol=1e-6)
     assert not torch.allclose(too_small_halo.image, whole.image, atol=1e-3)   # the halo matters
+
+
+def test_rgba_skip_starts_as_the_fields_own_render():
+    """With rgba_skip the first skip is the volume-rendered RGBA (channels 0..3) plus a conv correction that
+    starts at zero, so the field alone explains the low-res image at first, and keeps a direct path after."""
+    torch.manual_seed(0)
+    net = NeuralRenderer(NeuralRendererConfig(in_channels=7, upsample=4, width=16))
+    x = torch.rand(1, 7, 5, 6) * 0.98 + 0.01
+    out = net(x)
+    assert torch.allclose(out.low_res, x[:, :4], atol=1e-5)
+    up = F.interpolate(F.interpolate(logit(x[:, :4]), scale_factor=2, mode="bilinear"), scale_factor=2,
+                       mode="bilinear")
+    assert torch.allclose(out.image, torch.sigmoid(up), atol=1e-5)
+    # Gradients: to the field's colour directly, and to every conv once the to-RGB layers are non-zero.
+    x.requires_grad_(True)
+    net(x).low_res.sum().backward()
+    assert x.grad[:, :4].abs().min() > 0
+    with torch.no_grad():
+        for conv in net.to_rgb:
+            conv.weight.normal_(0, 0.1)
+    x.grad = None
+    out = net(x)
+    (out.image.mean() + out.low_res.mean()).backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match="input channels"):
+        NeuralRenderer(NeuralRendererConfig(in_channels=3))
 
 
 def test_over_background_premultiplied():

@@ -69,7 +69,7 @@ class ProgressBar:
             self.bar.total = m["total_steps"]
             self.bar.n = m["step"]
             self.bar.set_postfix(loss=f"{m['loss']:.4f}", psnr=f"{m['psnr']:.2f}",
-                                 rays_s=f"{m['rays_per_s']:.0f}", eta_s=f"{m['eta_s']:.0f}")
+                                 rays_s=f"{m['rays_per_s']:.0f}", eta_s=f"{m['eta_s']:.0f}", refresh=False)
             self.bar.refresh()
         elif ev.message:
             self.bar.set_description(ev.message)

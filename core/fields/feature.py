@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from core.config import TrainConfig
+from core.fields.base import FieldOutput
 from core.fields.compose import ComposedField
 from core.fields.nerf import FieldConfig, HashNerfField
 from core.fields.neural_renderer import NeuralRenderer, NeuralRendererConfig, RendererOutput
@@ -27,7 +28,9 @@ from core.sampling import SamplerConfig
 
 class FeatureField(HashNerfField):
     """HashNerfField (same hash grid, density MLP, SH view encoding, appearance codes) whose head outputs
-    `feature_dim` raw (unsquashed) features instead of RGB.
+    `feature_dim` features instead of RGB: channels 0..2 are a colour in [0, 1] (sigmoid), the others raw.
+    Volume-rendered, the colour channels give the field's own low-resolution image, which the neural
+    renderer refines (NeuralRendererConfig.rgba_skip).
 
     forward(points_field (S, 3), directions (S, 3) unit, image_index (S,) int64) -> FieldOutput
     (density (S,) per field unit, features (S, feature_dim) float32).
@@ -35,9 +38,15 @@ class FeatureField(HashNerfField):
 
     def __init__(self, cfg: FieldConfig, feature_dim: int, contracted: bool, device: str | torch.device = "cpu",
                  seed: int = 0) -> None:
-        if feature_dim < 1:
-            raise ValueError(f"feature_dim must be >= 1, got {feature_dim}")
+        if feature_dim < 3:
+            raise ValueError(f"feature_dim must be >= 3 (a colour and the rest), got {feature_dim}")
         super().__init__(replace(cfg, out_features=feature_dim, out_activation="none"), contracted, device, seed)
+
+    def forward(self, points_field: torch.Tensor, directions: torch.Tensor, image_index: torch.Tensor
+                ) -> FieldOutput:
+        out = super().forward(points_field, directions, image_index)
+        feats = torch.cat([torch.sigmoid(out.features[:, :3]), out.features[:, 3:]], -1)
+        return FieldOutput(density=out.density, features=feats)
 
     @property
     def feature_dim(self) -> int:
@@ -66,7 +75,8 @@ def build_field(cfg: TrainConfig, contracted: bool, n_images: int, device: torch
 
 
 def renderer_config(cfg: TrainConfig) -> NeuralRendererConfig:
-    """The neural renderer for a feature-field config: M_f features + opacity in, `cfg.upsample` x out."""
+    """The neural renderer for a feature-field config: M_f features + opacity in (`FeatureFieldModel.
+    feature_rays` layout), `cfg.upsample` x out."""
     return NeuralRendererConfig(in_channels=cfg.feature_dim + 1, upsample=cfg.upsample)
 
 
@@ -104,10 +114,11 @@ class FeatureFieldModel(RadianceModel):
         return self.renderer.upsample
 
     def feature_rays(self, rays: RayBundle, training: bool) -> tuple[torch.Tensor, RenderOutput]:
-        """Per-ray renderer input (R, M_f + 1): the features (premultiplied) and the opacity; and the
-        volume render itself (depth, opacity, sample count)."""
+        """Per-ray renderer input (R, M_f + 1): premultiplied colour (3), opacity (1), the other M_f - 3
+        features (premultiplied); and the volume render itself (depth, opacity, sample count)."""
         out = self(rays, None, training)
-        return torch.cat([out.features.float(), out.opacity[:, None].float()], -1), out
+        f = out.features.float()
+        return torch.cat([f[:, :3], out.opacity[:, None].float(), f[:, 3:]], -1), out
 
     def patches(self, c2w_field: torch.Tensor, params: torch.Tensor, image_index: torch.Tensor,
                 u0: torch.Tensor, v0: torch.Tensor, size: int, margin: int, training: bool

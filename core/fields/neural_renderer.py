@@ -6,6 +6,12 @@ resolution is bilinearly upsampled x2 and added (skip connections), so the image
 fine. The output of the input resolution (the "first skip") is returned as well: supervising it keeps
 the 3D field responsible for colour, hence consistent across views.
 
+With `rgba_skip` (the default) the first four input channels are the volume-rendered premultiplied RGB
+and opacity, and the first skip's logits are theirs plus the 3x3 conv's correction: the low-resolution
+output starts as exactly what the field renders (a NeRF at feature resolution), and the density is tied to
+the image's alpha as in volume rendering. The to-RGB convs start at zero, so an untrained renderer outputs
+the field's render, bilinearly upsampled (in logit space).
+
 Output channels: 4 = premultiplied RGB and alpha (both squashed by a sigmoid); an image on a background
 `bg` is `rgb + (1 - alpha) * bg` (see `over_background`).
 """
@@ -27,13 +33,16 @@ class NeuralRendererConfig:
     """in_channels: channels of the feature map (M_f, plus 1 when opacity is appended).
     upsample: output / input resolution, a power of two 2^n (n blocks; 1 = no block).
     width: channels after the first block; each further block halves it, down to min_width.
-    leaky_slope: negative slope of the leaky ReLUs."""
+    leaky_slope: negative slope of the leaky ReLUs.
+    rgba_skip: input channels 0..3 are premultiplied RGB and opacity in [0, 1], added (as logits) to the
+        first skip (see the module docstring)."""
 
     in_channels: int = 17
     upsample: int = 4
     width: int = 64
     min_width: int = 16
     leaky_slope: float = 0.2
+    rgba_skip: bool = True
 
     @property
     def n_blocks(self) -> int:
@@ -54,6 +63,12 @@ class RendererOutput:
 
     image: torch.Tensor
     low_res: torch.Tensor
+
+
+def logit(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Inverse sigmoid of x in [0, 1], clamped to [eps, 1 - eps] first. Same shape."""
+    x = x.clamp(eps, 1.0 - eps)
+    return torch.log(x) - torch.log1p(-x)
 
 
 def upsample_nearest(x: torch.Tensor) -> torch.Tensor:
@@ -90,6 +105,12 @@ class NeuralRenderer(nn.Module):
         self.blocks = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, padding=1)
                                     for i in range(cfg.n_blocks))
         self.to_rgb = nn.ModuleList(nn.Conv2d(w, OUT_CHANNELS, 3, padding=1) for w in widths)
+        if cfg.rgba_skip:
+            if cfg.in_channels < OUT_CHANNELS:
+                raise ValueError(f"rgba_skip needs >= {OUT_CHANNELS} input channels, got {cfg.in_channels}")
+            for conv in self.to_rgb:
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
 
     @property
     def upsample(self) -> int:
@@ -98,6 +119,8 @@ class NeuralRenderer(nn.Module):
     def forward(self, features: torch.Tensor) -> RendererOutput:
         net = features
         logits = self.to_rgb[0](net)
+        if self.cfg.rgba_skip:
+            logits = logits + logit(net[:, :OUT_CHANNELS])
         low_res = torch.sigmoid(logits)
         for block, to_rgb in zip(self.blocks, self.to_rgb[1:], strict=True):
             net = F.leaky_relu(block(upsample_nearest(net)), self.cfg.leaky_slope)

@@ -1,0 +1,150 @@
+"""Feature-field model vs NeRF on the synthetic capture, side by side, in one run; prints one JSON document.
+
+    python benchmarks/feature_bench.py [--views 24] [--size 96] [--budget 240] [--orbit 60]
+                                       [--device cpu|cuda|auto] [--upsample 4] [--feature-dim 16]
+
+Both models train for the same wall-clock budget: a pilot run of each (PILOT of the budget) measures its
+steady steps per second, the real run is planned for budget x that rate steps and is stopped at the budget
+if it gets there first (the training seconds, evaluation included, and the steps are reported). Figures, per model:
+- psnr_holdout: held-out views (every 8th) at full resolution, on white (core.train.evaluate);
+- render_s: seconds per full-resolution frame (median of 3, after a warm-up), and at 4x the side;
+- orbit warp_l1: a `--orbit`-frame orbit of the synthetic capture, each frame warped to the next with the
+  rendered depth and the known poses; mean absolute colour difference on co-visible pixels
+  (core.train_feature.orbit_consistency).
+And the issue-6 criteria: PSNR gap <= 1.5 dB, render speed-up >= 8x, warp ratio <= 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from render_bench import machine, sync
+
+from core.config import TrainConfig
+from core.errors import Cancelled
+from core.synthetic import SyntheticConfig, orbit_poses, render_synthetic
+from core.train import latest_checkpoint, train
+from core.train_feature import orbit_consistency, train_feature_field
+
+PILOT = 0.2
+COMMON = dict(batch_rays=1024, grid_levels=12, grid_log2_size=17, grid_max_res=512, march_steps=128,
+              grid_resolution=32, checkpoint_every=10 ** 9)
+
+
+def configs(args) -> dict[str, TrainConfig]:
+    common = {**COMMON, "device": args.device}
+    return {"nerf": TrainConfig(model="nerf", **common),
+            "feature_field": TrainConfig(model="feature_field", feature_dim=args.feature_dim, upsample=args.upsample,
+                                         patch_size=args.patch_size, **common)}
+
+
+def trainer(config: TrainConfig):
+    return train_feature_field if config.model == "feature_field" else train
+
+
+def steady_rate(capture, config: TrainConfig, seconds: float) -> float:
+    """Steps per second of `config` once past its start (the second half of a pilot run of `seconds`,
+    stopped by should_stop, which the trainers call once before every step)."""
+    stamps: list[float] = []
+
+    def stop() -> bool:
+        stamps.append(time.perf_counter())
+        return stamps[-1] - stamps[0] > seconds
+
+    with contextlib.suppress(Cancelled):
+        trainer(config)(capture, TrainConfig.from_dict({**config.to_dict(), "steps": 10 ** 6}), should_stop=stop,
+                        evaluate_holdout=False)
+    late = [s for s in stamps if s - stamps[0] >= seconds / 2]
+    return (len(late) - 1) / max(late[-1] - late[0], 1e-9) if len(late) > 1 else 1.0 / seconds
+
+
+def train_within(capture, config: TrainConfig, budget: float) -> tuple[object, dict]:
+    """Train `config` for at most `budget` seconds: steps = budget x the steady rate of a pilot run (so the
+    learning-rate schedule runs its course); should the run reach the budget first, it stops there and the
+    model as it is then is evaluated. Returns the scene and a record."""
+    steps = max(10, int(steady_rate(capture, config, PILOT * budget) * budget))
+    config = TrainConfig.from_dict({**config.to_dict(), "steps": steps})
+    with tempfile.TemporaryDirectory() as ckpt:
+        t = time.perf_counter()
+        try:
+            scene = trainer(config)(capture, config, checkpoint_dir=Path(ckpt),
+                                    should_stop=lambda: time.perf_counter() - t > budget)
+        except Cancelled:
+            reached = int(latest_checkpoint(Path(ckpt)).stem.split("_")[-1])
+            config = TrainConfig.from_dict({**config.to_dict(), "steps": reached})
+            scene = trainer(config)(capture, config, checkpoint_dir=Path(ckpt))
+        seconds = time.perf_counter() - t
+    m = scene.metrics
+    return scene, {"steps": int(scene.config.steps), "planned_steps": steps, "train_seconds": seconds,
+                   "psnr_holdout": m.get("psnr_holdout"), "ssim_holdout": m.get("ssim_holdout")}
+
+
+def render_seconds(scene, c2w: np.ndarray, intrinsics, scale: int = 1, repeats: int = 3) -> float:
+    """Median seconds to render one frame at `scale` x the camera's size (after a warm-up)."""
+    w, h = intrinsics.width * scale, intrinsics.height * scale
+    dev = str(scene.device)
+    scene.render(c2w, intrinsics, w, h)
+    times = []
+    for _ in range(repeats):
+        sync(dev)
+        t = time.perf_counter()
+        scene.render(c2w, intrinsics, w, h)
+        sync(dev)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def compare(args) -> dict:
+    syn = render_synthetic(SyntheticConfig(views=args.views, size=args.size))
+    cap = syn.capture
+    orbit = orbit_poses(SyntheticConfig(views=args.orbit, size=args.size, seed=1))
+    test = cap.holdout_split()[1][0]
+    out: dict = {}
+    for name, config in configs(args).items():
+        torch.manual_seed(0)
+        scene, record = train_within(cap, config, args.budget)
+        record["render_s"] = render_seconds(scene, cap.c2w[test], cap.intrinsics[test])
+        record["render_s_4x_side"] = render_seconds(scene, cap.c2w[test], cap.intrinsics[test], scale=4, repeats=1)
+        record["orbit"] = orbit_consistency(scene, orbit, cap.intrinsics[0])
+        out[name] = record
+    nerf, ff = out["nerf"], out["feature_field"]
+    out["psnr_gap_db"] = nerf["psnr_holdout"] - ff["psnr_holdout"]
+    out["render_speedup"] = nerf["render_s"] / ff["render_s"]
+    out["render_speedup_4x_side"] = nerf["render_s_4x_side"] / ff["render_s_4x_side"]
+    out["warp_ratio"] = ff["orbit"]["warp_l1"] / nerf["orbit"]["warp_l1"]
+    out["criteria"] = {"psnr_within_1.5db": out["psnr_gap_db"] <= 1.5, "render_8x_faster": out["render_speedup"] >= 8,
+                       "warp_ratio_at_most_1.5": out["warp_ratio"] <= 1.5}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--views", type=int, default=24)
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--budget", type=float, default=240.0, help="training seconds per model")
+    ap.add_argument("--orbit", type=int, default=60)
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--upsample", type=int, default=4)
+    ap.add_argument("--feature-dim", type=int, default=16)
+    ap.add_argument("--patch-size", type=int, default=48)
+    args = ap.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    t = time.perf_counter()
+    figures = compare(args)
+    config = {"scene": f"synthetic {args.views} views {args.size} px", "budget_s": args.budget, "orbit": args.orbit,
+              "upsample": args.upsample, "feature_dim": args.feature_dim, "patch_size": args.patch_size,
+              "common": COMMON, "wall_s": time.perf_counter() - t}
+    print(json.dumps({"machine": machine(args.device), "config": config, "figures": figures}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
