@@ -6,7 +6,7 @@ import math
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.models import Job, Render
 
@@ -22,7 +22,12 @@ class JobOptions(BaseModel):
     model: Literal["nerf", "feature_field"] = "nerf"
     outputs: list[OutputKind] = Field(default_factory=lambda: ["depth", "mesh", "views"], min_length=1,
                                       max_length=6)
+    feature_dim: int = Field(16, ge=4, le=64, description="feature_field: feature channels M_f")
+    upsample: Literal[1, 2, 4, 8] = Field(4, description="feature_field: neural renderer upsampling (2^n)")
+    composition: Literal["on", "off"] = Field("off", description="foreground (the region the cameras look at) "
+                                              "+ background fields; enables mesh_part foreground")
     mesh_method: Literal["auto", "density", "tsdf"] = "auto"
+    mesh_part: Literal["all", "foreground"] = Field("all", description="foreground needs composition on")
     mesh_resolution: int = Field(256, ge=32, le=1024)
     max_image_size: int = Field(1600, ge=64, le=8192, description="longest image side after ingest, pixels")
     matcher: Literal["auto", "exhaustive", "sequential", "spatial"] = "auto"
@@ -33,6 +38,12 @@ class JobOptions(BaseModel):
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
         return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _part_needs_composition(self) -> JobOptions:
+        if self.mesh_part == "foreground" and self.composition != "on":
+            raise ValueError("mesh_part 'foreground' needs composition 'on' (a foreground field to mesh)")
+        return self
 
     def to_store(self) -> dict:
         d = self.model_dump(mode="json")

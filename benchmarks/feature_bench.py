@@ -3,14 +3,15 @@
     python benchmarks/feature_bench.py [--views 24] [--size 96] [--budget 240] [--orbit 60]
                                        [--device cpu|cuda|auto] [--upsample 4] [--feature-dim 16]
 
-Both models train for the same wall-clock budget: a pilot run of each (PILOT of the budget) measures its
-steady steps per second, the real run is planned for budget x that rate steps and is stopped at the budget
-if it gets there first (the training seconds, evaluation included, and the steps are reported). Figures, per model:
+Both models train for the same wall-clock budget: a pilot run of each, stopped at the budget, counts the
+steps that fit; the real run makes that many steps (a complete learning-rate schedule) and is stopped at the
+budget should it get there first (the training seconds and steps are reported). Figures, per model:
 - psnr_holdout: held-out views (every 8th) at full resolution, on white (core.train.evaluate);
 - render_s: seconds per full-resolution frame (median of 3, after a warm-up), and at 4x the side;
 - orbit warp_l1: a `--orbit`-frame orbit of the synthetic capture, each frame warped to the next with the
   rendered depth and the known poses; mean absolute colour difference on co-visible pixels
-  (core.train_feature.orbit_consistency).
+  (core.evaluation.orbit_consistency). For the feature field twice: with its default depth (feature
+  resolution, guided upsampling) and with exact (full-resolution) depth.
 And the issue-6 criteria: PSNR gap <= 1.5 dB, render speed-up >= 8x, warp ratio <= 1.5.
 """
 
@@ -30,11 +31,11 @@ from render_bench import machine, sync
 
 from core.config import TrainConfig
 from core.errors import Cancelled
+from core.evaluation import evaluate, orbit_consistency
+from core.loop import checkpoint_step, latest_checkpoint
 from core.synthetic import SyntheticConfig, orbit_poses, render_synthetic
-from core.train import latest_checkpoint, train
-from core.train_feature import orbit_consistency, train_feature_field
+from core.train import train
 
-PILOT = 0.2
 COMMON = dict(batch_rays=1024, grid_levels=12, grid_log2_size=17, grid_max_res=512, march_steps=128,
               grid_resolution=32, checkpoint_every=10 ** 9)
 
@@ -46,44 +47,41 @@ def configs(args) -> dict[str, TrainConfig]:
                                          patch_size=args.patch_size, **common)}
 
 
-def trainer(config: TrainConfig):
-    return train_feature_field if config.model == "feature_field" else train
-
-
-def steady_rate(capture, config: TrainConfig, seconds: float) -> float:
-    """Steps per second of `config` once past its start (the second half of a pilot run of `seconds`,
-    stopped by should_stop, which the trainers call once before every step)."""
-    stamps: list[float] = []
+def steps_in(capture, config: TrainConfig, seconds: float) -> int:
+    """How many steps `config` makes in `seconds`: a pilot run stopped there by should_stop (which the
+    trainers call once before every step)."""
+    calls = [0]
+    t = time.perf_counter()
 
     def stop() -> bool:
-        stamps.append(time.perf_counter())
-        return stamps[-1] - stamps[0] > seconds
+        calls[0] += 1
+        return time.perf_counter() - t > seconds
 
     with contextlib.suppress(Cancelled):
-        trainer(config)(capture, TrainConfig.from_dict({**config.to_dict(), "steps": 10 ** 6}), should_stop=stop,
+        train(capture, TrainConfig.from_dict({**config.to_dict(), "steps": 10 ** 6}), should_stop=stop,
                         evaluate_holdout=False)
-    late = [s for s in stamps if s - stamps[0] >= seconds / 2]
-    return (len(late) - 1) / max(late[-1] - late[0], 1e-9) if len(late) > 1 else 1.0 / seconds
+    return max(1, calls[0] - 1)
 
 
 def train_within(capture, config: TrainConfig, budget: float) -> tuple[object, dict]:
-    """Train `config` for at most `budget` seconds: steps = budget x the steady rate of a pilot run (so the
-    learning-rate schedule runs its course); should the run reach the budget first, it stops there and the
-    model as it is then is evaluated. Returns the scene and a record."""
-    steps = max(10, int(steady_rate(capture, config, PILOT * budget) * budget))
+    """Train `config` for `budget` seconds with a complete learning-rate schedule: a pilot run finds how many
+    steps fit (`steps_in`), the real run makes that many (and is stopped at the budget should it get there
+    first; the model as it is then is evaluated). Returns the scene and a record."""
+    steps = steps_in(capture, config, budget)
     config = TrainConfig.from_dict({**config.to_dict(), "steps": steps})
     with tempfile.TemporaryDirectory() as ckpt:
         t = time.perf_counter()
         try:
-            scene = trainer(config)(capture, config, checkpoint_dir=Path(ckpt),
+            scene = train(capture, config, checkpoint_dir=Path(ckpt), evaluate_holdout=False,
                                     should_stop=lambda: time.perf_counter() - t > budget)
         except Cancelled:
-            reached = int(latest_checkpoint(Path(ckpt)).stem.split("_")[-1])
+            reached = checkpoint_step(latest_checkpoint(Path(ckpt)))
             config = TrainConfig.from_dict({**config.to_dict(), "steps": reached})
-            scene = trainer(config)(capture, config, checkpoint_dir=Path(ckpt))
+            scene = train(capture, config, checkpoint_dir=Path(ckpt), evaluate_holdout=False)
         seconds = time.perf_counter() - t
+    scene.metrics.update(evaluate(scene, capture, scene.test_indices))
     m = scene.metrics
-    return scene, {"steps": int(scene.config.steps), "planned_steps": steps, "train_seconds": seconds,
+    return scene, {"steps": int(scene.config.steps), "pilot_steps": steps, "train_seconds": seconds,
                    "psnr_holdout": m.get("psnr_holdout"), "ssim_holdout": m.get("ssim_holdout")}
 
 
@@ -114,12 +112,15 @@ def compare(args) -> dict:
         record["render_s"] = render_seconds(scene, cap.c2w[test], cap.intrinsics[test])
         record["render_s_4x_side"] = render_seconds(scene, cap.c2w[test], cap.intrinsics[test], scale=4, repeats=1)
         record["orbit"] = orbit_consistency(scene, orbit, cap.intrinsics[0])
+        if name == "feature_field":
+            record["orbit_exact_depth"] = orbit_consistency(scene, orbit, cap.intrinsics[0], exact_depth=True)
         out[name] = record
     nerf, ff = out["nerf"], out["feature_field"]
     out["psnr_gap_db"] = nerf["psnr_holdout"] - ff["psnr_holdout"]
     out["render_speedup"] = nerf["render_s"] / ff["render_s"]
     out["render_speedup_4x_side"] = nerf["render_s_4x_side"] / ff["render_s_4x_side"]
     out["warp_ratio"] = ff["orbit"]["warp_l1"] / nerf["orbit"]["warp_l1"]
+    out["warp_ratio_exact_depth"] = ff["orbit_exact_depth"]["warp_l1"] / nerf["orbit"]["warp_l1"]
     out["criteria"] = {"psnr_within_1.5db": out["psnr_gap_db"] <= 1.5, "render_8x_faster": out["render_speedup"] >= 8,
                        "warp_ratio_at_most_1.5": out["warp_ratio"] <= 1.5}
     return out

@@ -245,19 +245,22 @@ def _to_model(rec: pycolmap.Reconstruction) -> ColmapModel:
 
 
 def incremental_mapping(database: Path, image_dir: Path, output_dir: Path, num_threads: int = -1,
-                        seed: int = 0, min_model_size: int = 3,
+                        seed: int = 0, min_model_size: int = 3, use_position_priors: bool = False,
                         on_registered: Callable[[int], None] = lambda k: None,
                         should_stop: StopFn = never_stop) -> MappingResult | None:
     """COLMAP incremental SfM; returns the largest model (None if nothing was reconstructed).
 
     on_registered(k) is called as images register (k counts from the initial pair of the current
-    model). Raises Cancelled.
+    model). use_position_priors: bundle adjustment also fits the pose priors in the database
+    (`write_position_priors`, weighted by their covariance), so a GPS survey keeps GPS-consistent distances.
+    Raises Cancelled.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     options = pycolmap.IncrementalPipelineOptions()
     options.num_threads = num_threads
     options.random_seed = seed
     options.min_model_size = min_model_size
+    options.use_prior_position = use_position_priors
     count = [0]
 
     def initial_pair() -> None:

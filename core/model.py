@@ -9,7 +9,7 @@ from torch import nn
 
 from core.config import TrainConfig
 from core.fields.encoding import HashGridConfig
-from core.fields.nerf import FieldConfig, HashNerfField, ReferenceNerfField
+from core.fields.nerf import FieldConfig, ReferenceNerfField
 from core.rays import RayBundle
 from core.render import RaySamples, RenderOutput, volume_render
 from core.sampling import (
@@ -101,11 +101,20 @@ def field_config(cfg: TrainConfig, n_images: int, out_features: int = 3, out_act
 
 
 def build_model(cfg: TrainConfig, contracted: bool, n_images: int, device: torch.device) -> RadianceModel:
-    """The model a config asks for, on `device` (n_images: training images, for appearance codes)."""
-    if cfg.model == "nerf":
-        field = HashNerfField(field_config(cfg, n_images), contracted, device, cfg.seed)
-    elif cfg.model == "reference":
+    """The model a config asks for, on `device` (n_images: training images, for appearance codes).
+
+    "nerf" (hash grid, RGB), "reference" (MLP NeRF) or "feature_field" (core.fields.feature: features, and
+    the neural renderer). With cfg.composition (nerf or feature_field) the field is a ComposedField of a
+    bounded foreground and a contracted background, and the model is sampled as unbounded."""
+    if cfg.model == "reference":
         field = ReferenceNerfField(contracted)
+    elif cfg.model in ("nerf", "feature_field"):
+        from core.fields.feature import build_feature_model, build_field  # feature.py builds on this module
+
+        if cfg.model == "feature_field":
+            return build_feature_model(cfg, contracted, n_images, device)
+        field = build_field(cfg, contracted, n_images, device)
+        contracted = contracted or cfg.composition
     else:
-        raise ValueError(f"unknown model {cfg.model!r}: use nerf or reference")
+        raise ValueError(f"unknown model {cfg.model!r}: use nerf, feature_field or reference")
     return RadianceModel(field, contracted, sampler_config(cfg)).to(device)

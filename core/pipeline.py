@@ -37,6 +37,7 @@ STAGE_STATE = {"ingest": "estimating_poses", "poses": "estimating_poses", "train
 STAGE_BAND = {"ingest": (0.0, 5.0), "poses": (5.0, 25.0), "train": (25.0, 90.0), "export": (90.0, 100.0)}
 # Which option invalidates which stage (a restart with new options re-runs from the earliest one).
 OPTION_STAGE = {"max_image_size": "ingest", "matcher": "poses", "preset": "train", "model": "train",
+                "feature_dim": "train", "upsample": "train", "composition": "train", "mesh_part": "export",
                 "steps": "train", "device": "train", "outputs": "export", "mesh_method": "export",
                 "mesh_resolution": "export"}
 
@@ -46,7 +47,9 @@ class PipelineOptions:
     """What the user asked for; every default works.
 
     preset: "fast" | "balanced" | "quality" (core.train.TrainConfig.preset).
-    model: "nerf" | "feature_field".
+    model: "nerf" | "feature_field"; feature_dim, upsample: the feature field's; composition: "on" | "off"
+        (a foreground field plus a contracted background field).
+    mesh_part: "all" | "foreground" (needs composition on).
     outputs: export kinds, from {"depth", "mesh", "tsdf", "pointcloud", "views", "video"}.
     max_image_size: longest image side in pixels after ingest.
     matcher: "auto" | "exhaustive" | "sequential" | "spatial".
@@ -55,8 +58,12 @@ class PipelineOptions:
 
     preset: str = "balanced"
     model: str = "nerf"
+    feature_dim: int = 16
+    upsample: int = 4
+    composition: str = "off"
     outputs: tuple[str, ...] = ("depth", "mesh", "views")
     mesh_method: str = "auto"
+    mesh_part: str = "all"
     mesh_resolution: int = 256
     max_image_size: int = 1600
     matcher: str = "auto"
@@ -256,9 +263,10 @@ def poses_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, s
 
 def train_config(options: PipelineOptions, device: str | None = None):
     """The core.train.TrainConfig for these options."""
-    from core.train import TrainConfig
+    from core.config import TrainConfig
 
-    over: dict = {"model": options.model, "device": device or options.device}
+    over: dict = {"model": options.model, "device": device or options.device, "feature_dim": options.feature_dim,
+                  "upsample": options.upsample, "composition": options.composition == "on"}
     if options.steps:
         # A short run still checkpoints about ten times, so a crashed worker loses little.
         base = TrainConfig.preset(options.preset)
@@ -290,7 +298,8 @@ def export_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, 
     from core.scene import TrainedScene
 
     scene = TrainedScene.load(dirs.scene, device=options.device)
-    kw: dict = {"what": tuple(options.outputs), "mesh_resolution": options.mesh_resolution}
+    kw: dict = {"what": tuple(options.outputs), "mesh_resolution": options.mesh_resolution,
+                "mesh_part": options.mesh_part}
     if options.mesh_method != "auto":
         kw["mesh_method"] = options.mesh_method
     manifest = export_all(scene, dirs.outputs, ExportConfig(**kw), progress, should_stop,

@@ -150,10 +150,15 @@ class TrainedScene:
 
     @classmethod
     def load(cls, directory: Path, device: str = "auto") -> TrainedScene:
+        """The scene saved in `directory` (a core.train_feature.FeatureScene for a feature-field model)."""
         directory = Path(directory)
         meta = json.loads((directory / "scene.json").read_text())
         dev = resolve_device(device)
         cfg = TrainConfig.from_dict(meta["config"])
+        if cfg.model == "feature_field" and cls is TrainedScene:
+            from core.train_feature import FeatureScene  # it builds on this module
+
+            cls = FeatureScene
         contracted = meta["normalization"]["mode"] == "unbounded"
         model = build_model(cfg, contracted, len(meta["train_indices"]), dev)
         model.load_state_dict(torch.load(directory / "scene.pt", map_location=dev, weights_only=True))

@@ -64,6 +64,12 @@ class SfmConfig:
         True (one camera per image size), False (one camera per image).
     min_registered_fraction: below this fraction of the images registered, pose estimation fails.
     num_threads: -1 uses every core.
+    gps_prior: with GPS on most images, bundle adjustment also fits the camera centres to the GPS
+        positions (standard deviation gps_sigma_m, east/north/up, metres): distances between cameras then
+        agree with GPS even where the images alone leave some drift. The sigma is tight because a
+        flight's GPS fixes are consistent with each other to centimetres-decimetres (their error is mostly
+        a common offset, which the ENU origin absorbs); on brighton_beach it moves the worst camera pair
+        from 5.5% to 2.4% of its GPS distance while the mean reprojection error goes from 0.37 to 0.39 px.
     """
 
     matcher: str = "auto"
@@ -76,6 +82,8 @@ class SfmConfig:
     sequential_overlap: int = 10
     seed: int = 0
     keep_database: bool = False
+    gps_prior: bool = True
+    gps_sigma_m: tuple[float, float, float] = (0.03, 0.03, 0.06)
 
 
 @dataclass
@@ -427,8 +435,8 @@ def _run_colmap(result: IngestResult, colmap_dir: Path, config: SfmConfig, match
                                            step="features", done=d, total=t),
             should_stop=should_stop)
     with timer.step("matching"):
-        if matcher == "spatial":
-            colmap.write_position_priors(database, gps[1])
+        if gps is not None and (matcher == "spatial" or config.gps_prior):
+            colmap.write_position_priors(database, gps[1], config.gps_sigma_m)
         _emit(progress, hi, f"matching ({matcher})", step="matching", matcher=matcher)
         colmap.match(database, matcher, config.num_threads, config.sequential_overlap,
                      should_stop=should_stop)
@@ -439,6 +447,7 @@ def _run_colmap(result: IngestResult, colmap_dir: Path, config: SfmConfig, match
     with timer.step("mapping"):
         mapped = colmap.incremental_mapping(
             database, work_dir, colmap_dir / "mapper", config.num_threads, config.seed,
+            use_position_priors=gps is not None and config.gps_prior,
             on_registered=lambda k: _emit(progress, lo + (hi - lo) * min(k, n) / n,
                                           f"registered {min(k, n)}/{n}", step="mapping",
                                           registered=min(k, n), total=n),

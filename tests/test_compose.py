@@ -120,7 +120,7 @@ def test_region_is_saved_with_the_state_dict():
 
 
 def test_support_plane_is_found_under_objects_and_not_invented():
-    from core.train_feature import camera_up, fit_support_plane
+    from core.composition import camera_up, fit_support_plane
 
     rng = np.random.default_rng(0)
     up = np.array([0.0, 0.0, 1.0])

@@ -28,6 +28,7 @@ from scipy.spatial.transform import Rotation
 
 from core.capture import FrameInfo
 from core.config import TrainConfig
+from core.evaluation import composite_image
 from core.export import ExportConfig, export_all
 from core.export.analytic import similarity_matrix
 from core.export.depth import decode_depth_png
@@ -36,7 +37,7 @@ from core.export.quality import mesh_chamfer
 from core.metrics import depth_abs_rel, psnr
 from core.scene import TrainedScene
 from core.synthetic import SyntheticConfig, render_synthetic
-from core.train import composite_image, train
+from core.train import train
 
 SCALE = 1.7
 SIM = similarity_matrix(SCALE, Rotation.from_euler("zyx", [40, 15, -25], degrees=True).as_matrix(),

@@ -11,11 +11,15 @@ import torch
 from core.capture import compute_normalization
 from core.config import TrainConfig
 from core.errors import UserInputError
+from core.evaluation import composite_image
 from core.fields.compose import ComposedField
 from core.fields.feature import FeatureField, build_feature_model, build_field, lowres_centres
+from core.metrics import psnr
 from core.model import field_config
 from core.rays import rays_from_pixels
-from core.train_feature import FeatureScene, train_feature_field
+from core.scene import TrainedScene
+from core.train import train
+from core.train_feature import FeatureScene
 
 # A tiny model: seconds per dozen steps on one CPU core.
 TINY = dict(model="feature_field", device="cpu", grid_levels=6, grid_log2_size=14, grid_base_res=8,
@@ -110,20 +114,26 @@ def test_patch_rays_are_the_frames_rays(small_capture):
     assert torch.allclose(block, rays.directions, atol=1e-3)
 
 
-@pytest.mark.slow  # Known failing in the final run of session 1 (+1.0 dB, asks +3): issue 6 stays open.
 def test_few_step_training_learns_and_resumes(small_capture, tmp_path):
+    """Patch training through core.train.train: the rendered training views gain >= 3 dB over the untrained
+    model in 80 steps; checkpoints resume; renders have the asked size, and exact depth changes only depth."""
     cap = small_capture.capture
     ckpt = tmp_path / "ckpt"
-    events = []
-    first = train_feature_field(cap, tiny(steps=24, checkpoint_every=12), progress=events.append,
-                                checkpoint_dir=ckpt, evaluate_holdout=False)
-    psnrs = [e.metrics["psnr"] for e in events if "psnr" in e.metrics]
-    assert psnrs[-1] > psnrs[0] + 3.0                 # the loss goes down
+
+    def mean_psnr(scene) -> float:
+        return float(np.mean([psnr(scene.render(cap.c2w[i], cap.intrinsics[i]).rgb, composite_image(cap.images[i]))
+                              for i in scene.train_indices[:3]]))
+
+    untrained = mean_psnr(train(cap, tiny(steps=0), evaluate_holdout=False))
+    first = train(cap, tiny(steps=80, batch_rays=256, checkpoint_every=40), checkpoint_dir=ckpt,
+                  evaluate_holdout=False)
+    assert isinstance(first, FeatureScene)
+    assert mean_psnr(first) > untrained + 3.0, (mean_psnr(first), untrained)
     assert first.metrics["patch_size"] == 16 and first.metrics["patches_per_batch"] >= 2
-    assert sorted(p.name for p in ckpt.iterdir())[-1] == "ckpt_00000024.pt"
-    resumed = train_feature_field(cap, tiny(steps=30, checkpoint_every=12), checkpoint_dir=ckpt,
-                                  evaluate_holdout=False)
-    assert resumed.metrics["resumed_from"] == 24
+    assert sorted(p.name for p in ckpt.iterdir())[-1] == "ckpt_00000080.pt"
+    resumed = train(cap, tiny(steps=84, batch_rays=256, checkpoint_every=40), checkpoint_dir=ckpt,
+                    evaluate_holdout=False)
+    assert resumed.metrics["resumed_from"] == 80
     r = resumed.render(cap.c2w[1], cap.intrinsics[1], width=40, height=30)
     assert r.rgb.shape == (30, 40, 3) and r.depth.shape == (30, 40) and r.opacity.shape == (30, 40)
     assert np.isfinite(r.rgb).all() and np.isfinite(r.depth).all()
@@ -133,11 +143,12 @@ def test_few_step_training_learns_and_resumes(small_capture, tmp_path):
 
 def test_save_load_and_density_parts(small_capture, tmp_path):
     cap = small_capture.capture
-    scene = train_feature_field(cap, tiny(steps=4, composition=True), evaluate_holdout=False,
-                                foreground_box=(np.array([-0.6, -0.6, 0.05]), np.array([0.6, 0.6, 0.7])))
+    scene = train(cap, tiny(steps=4, composition=True), evaluate_holdout=False,
+                  foreground_box=(np.array([-0.6, -0.6, 0.05]), np.array([0.6, 0.6, 0.7])))
     assert scene.normalization.mode == "unbounded"
     scene.save(tmp_path / "scene")
-    loaded = FeatureScene.load(tmp_path / "scene", device="cpu")
+    loaded = TrainedScene.load(tmp_path / "scene", device="cpu")
+    assert isinstance(loaded, FeatureScene)                  # the saved config picks the scene class
     a = scene.render(cap.c2w[0], cap.intrinsics[0])
     b = loaded.render(cap.c2w[0], cap.intrinsics[0])
     np.testing.assert_allclose(a.rgb, b.rgb, atol=1e-6)
@@ -147,16 +158,42 @@ def test_save_load_and_density_parts(small_capture, tmp_path):
     assert fg[0] > 0 and fg[1] == 0 and fg[2] == 0
     assert bg[0] == 0 and bg[1] > 0
     np.testing.assert_allclose(loaded.query_density(pts), fg + bg, rtol=1e-6)
-    single = train_feature_field(cap, tiny(steps=1), evaluate_holdout=False)
+    single = train(cap, tiny(steps=1), evaluate_holdout=False)
     with pytest.raises(UserInputError) as err:
         single.query_density(pts, part="foreground")
+    assert err.value.code == "mesh_part_needs_composition"
+
+
+def test_nerf_with_composition_and_foreground_mesh_export(small_capture, tmp_path):
+    """Composition is not only the feature field's: a composed NeRF trains through the same entry point, and
+    the exporter writes a foreground-only mesh (cropped to the box) for it; a single field refuses."""
+    from core.export import ExportConfig, export_all
+
+    cap = small_capture.capture
+    box = (np.array([-0.6, -0.6, 0.05]), np.array([0.6, 0.6, 0.7]))
+    scene = train(cap, tiny(model="nerf", steps=30, composition=True, batch_rays=256), evaluate_holdout=False,
+                  foreground_box=box, support_plane=False)
+    assert isinstance(scene.model.field, ComposedField) and scene.metrics["foreground_region"]["plane"] is None
+    cfg = ExportConfig(what=("mesh",), mesh_resolution=32, mesh_part="foreground", fusion_max_side=32,
+                       mesh_cull_unseen=False, mesh_cull_frusta=False)
+    manifest = export_all(scene, tmp_path / "out", cfg)
+    mesh_files = [f for f in manifest["files"] if f["path"].endswith(".ply")]
+    assert mesh_files and all("foreground" in f["path"] for f in mesh_files)
+    import trimesh
+
+    mesh = trimesh.load(tmp_path / "out" / mesh_files[0]["path"])
+    if len(mesh.vertices):
+        assert (mesh.vertices >= box[0] - 1e-6).all() and (mesh.vertices <= box[1] + 1e-6).all()
+    single = train(cap, tiny(model="nerf", steps=1), evaluate_holdout=False)
+    with pytest.raises(UserInputError) as err:
+        export_all(single, tmp_path / "single", cfg)
     assert err.value.code == "mesh_part_needs_composition"
 
 
 def test_rejects_images_smaller_than_the_upsampling(small_capture):
     cap = small_capture.capture.resized(max_side=6)
     with pytest.raises(UserInputError) as err:
-        train_feature_field(cap, tiny(steps=1, upsample=8), evaluate_holdout=False)
+        train(cap, tiny(steps=1, upsample=8), evaluate_holdout=False)
     assert err.value.code == "images_too_small"
 
 
@@ -169,10 +206,10 @@ MESH_CFG = dict(model="feature_field", device="cpu", grid_levels=12, grid_log2_s
 
 def foreground_mesh(scene, resolution: int = 128):
     """The foreground part's density mesh at the whole scene's iso-level (core.export.density_mesh)."""
+    from core.composition import PartScene
     from core.export.density_mesh import density_mesh, surface_level
     from core.export.grid import scene_occupancy
     from core.export.renders import render_scene_cameras
-    from core.train_feature import PartScene
 
     views = render_scene_cameras(scene, scene.train_indices[::3], max_side=96)
     level = surface_level(scene, views)
@@ -189,7 +226,7 @@ def test_composition_foreground_mesh_holds_the_objects_not_the_ground(synthetic_
     from core.export.quality import mesh_chamfer
 
     syn = synthetic_small
-    scene = train_feature_field(syn.capture, TrainConfig(**MESH_CFG, steps=500, composition=True))
+    scene = train(syn.capture, TrainConfig(**MESH_CFG, steps=500, composition=True))
     region = scene.metrics["foreground_region"]
     print("region", region, "psnr", scene.metrics.get("psnr_holdout"))
     assert region["plane"] is not None                         # the ground was found and cut off
@@ -216,12 +253,10 @@ def test_fox_short_run_renders_views_and_a_foreground_mesh_without_the_table(fox
     foreground mesh holds the fox, not the table (the support plane is cut off and the mesh is compact)."""
     from PIL import Image
 
-    from core.metrics import psnr
     from core.readers import read_transforms_json
-    from core.train import composite_image
 
     cap = read_transforms_json(fox_dir, max_side=128)
-    scene = train_feature_field(cap, TrainConfig(**MESH_CFG, steps=400, composition=True))
+    scene = train(cap, TrainConfig(**MESH_CFG, steps=400, composition=True))
     print("fox metrics", {k: v for k, v in scene.metrics.items() if k != "psnr_per_view"})
     i = scene.test_indices[0]
     view = scene.render(cap.c2w[i], cap.intrinsics[i])

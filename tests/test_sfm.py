@@ -258,10 +258,9 @@ def test_fox_registers_and_matches_reference_poses(fox_dir, tmp_path):
 def test_brighton_beach_is_metric_enu(brighton_dir, tmp_path):
     """18 DJI images with GPS: all register; the frame is ENU metres; camera distances match GPS.
 
-    The consumer GPS is itself off by up to ~1 m (DJI_0030, the first photo after a turn, sits 0.9 m
-    from where every SfM variant puts it), so a pair 14 m apart can differ from its GPS distance by
-    ~5.5%: each pair must match within 5% or within 1 m (the GPS's accuracy), and pairs over 20 m
-    apart, and the median, within 5% and 2%.
+    Every pair of camera centres matches its GPS distance within 5% (the issue's rule), the median
+    within 2%. Images alone leave DJI_0030 (the first photo after a turn) 0.9 m off, a 14 m pair at 5.5%;
+    the GPS-prior bundle adjustment (SfmConfig.gps_prior) fixes that at no cost in reprojection error.
     """
     ingested = ingest([brighton_dir], tmp_path / "ingest")
     result = estimate_poses(ingested, tmp_path / "out")
@@ -277,11 +276,10 @@ def test_brighton_beach_is_metric_enu(brighton_dir, tmp_path):
     for i, j in itertools.combinations(range(len(centres)), 2):
         d_gps = np.linalg.norm(gps[i] - gps[j])
         err = abs(np.linalg.norm(centres[i] - centres[j]) - d_gps)
-        assert err <= max(0.05 * d_gps, 1.0), (result.capture.names[i], result.capture.names[j], err, d_gps)
-        if d_gps > 20.0:
-            assert err <= 0.05 * d_gps
+        assert err <= 0.05 * d_gps, (result.capture.names[i], result.capture.names[j], err, d_gps)
         rel.append(err / d_gps)
     assert np.median(rel) < 0.02
+    assert report["mean_reprojection_error_px"] < 1.0
     # A nadir survey: every camera looks down (its forward axis points to -z in ENU).
     assert np.all(result.capture.c2w[:, 2, 2] < -0.9)
     print(json.dumps({"brighton_timings_s": report["timings_s"], "max_pair_rel": float(max(rel)),

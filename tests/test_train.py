@@ -16,10 +16,12 @@ import torch
 
 from core.config import TrainConfig
 from core.errors import Cancelled
+from core.evaluation import composite_image
+from core.loop import latest_checkpoint
 from core.metrics import depth_abs_rel, psnr
 from core.scene import TrainedScene
 from core.synthetic import SyntheticConfig, render_synthetic, write_synthetic
-from core.train import composite_image, latest_checkpoint, train
+from core.train import train
 
 # Small enough for the default suite on 2 cores; the 25 dB run at 128 px is the slow test below.
 TINY = dict(steps=200, batch_rays=1024, grid_levels=8, grid_log2_size=15, grid_max_res=256, march_steps=96,

@@ -24,6 +24,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mesh-resolution", type=int, default=256, help="marching-cubes samples on the long side")
     p.add_argument("--mesh-method", choices=("density", "tsdf"), default=None,
                    help="how 'mesh' is extracted (default: the one that measures better)")
+    p.add_argument("--mesh-part", choices=("all", "foreground"), default="all",
+                   help="foreground: only the foreground field (models trained with --composition on)")
     p.add_argument("--face-budget", type=int, default=None, help="decimate meshes to at most this many faces")
     p.add_argument("--path", default="orbit", help="camera path: orbit, spiral, interp, or a JSON file "
                    "(nerfstudio camera path, or {c2w: [...], intrinsics: {...}})")
@@ -45,7 +47,7 @@ def config_from_args(args: argparse.Namespace):
     overrides = {"mesh_resolution": args.mesh_resolution, "mesh_face_budget": args.face_budget,
                  "path": args.path, "n_frames": args.frames, "fps": args.fps,
                  "view_max_side": args.view_max_side, "depth_max_side": args.depth_max_side,
-                 "fusion_max_side": args.fusion_max_side}
+                 "fusion_max_side": args.fusion_max_side, "mesh_part": args.mesh_part}
     if args.what:
         overrides["what"] = args.what
     if args.mesh_method:

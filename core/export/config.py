@@ -8,6 +8,7 @@ from core.errors import UserInputError
 
 WHAT = ("depth", "mesh", "tsdf", "pointcloud", "views", "video")
 MESH_METHODS = ("density", "tsdf")
+MESH_PARTS = ("all", "foreground")
 # The mesh method that measured better on the synthetic capture: Chamfer to the ground-truth mesh as a
 # fraction of its bbox diagonal, 128^3, fast preset (tests/test_export_real.py): density 0.0082, TSDF
 # 0.0093; on the analytic stand-in 0.0030 vs 0.0053. "mesh" in `what` uses it unless mesh_method says
@@ -29,6 +30,8 @@ class ExportConfig:
         few GB: the grid is processed in chunks). mesh_level: iso-level override (density per field unit).
     mesh_min_component_ratio: keep connected components with at least this fraction of the largest
         one's faces. mesh_face_budget: decimate to at most this many faces (None: keep all).
+    mesh_part: "all" (the whole scene) or "foreground" (models trained with composition: the foreground
+        field's density at the whole scene's iso-level, cropped to its box and above the support plane).
     mesh_cull_frusta: drop faces outside every training camera's frustum. mesh_cull_unseen: drop faces
         no rendered training camera sees as its surface (depth test, tolerance mesh_visibility_voxels
         voxels + 2% of the depth).
@@ -50,6 +53,7 @@ class ExportConfig:
     mesh_level: float | None = None
     mesh_min_component_ratio: float = 0.05
     mesh_face_budget: int | None = None
+    mesh_part: str = "all"
     mesh_cull_frusta: bool = True
     mesh_cull_unseen: bool = True
     mesh_visibility_voxels: float = 3.0
@@ -72,6 +76,9 @@ class ExportConfig:
         if self.mesh_method not in MESH_METHODS:
             raise UserInputError("export_unknown_mesh_method", f"unknown mesh method {self.mesh_method!r}.",
                                  f"Choose {' or '.join(MESH_METHODS)}.")
+        if self.mesh_part not in MESH_PARTS:
+            raise UserInputError("export_unknown_mesh_part", f"unknown mesh part {self.mesh_part!r}.",
+                                 f"Choose {' or '.join(MESH_PARTS)}.")
         if self.depth_views not in ("all", "train", "test"):
             raise UserInputError("export_bad_depth_views", f"depth_views {self.depth_views!r} is not known.",
                                  "Choose all, train or test.")

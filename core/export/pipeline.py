@@ -10,7 +10,7 @@ import trimesh
 from core.capture import Capture
 from core.errors import Cancelled
 from core.export.config import ExportConfig
-from core.export.density_mesh import density_mesh, mesh_box
+from core.export.density_mesh import density_mesh, mesh_box, surface_level
 from core.export.depth import write_depth_meta, write_view_maps
 from core.export.grid import Occupancy, grid_over_box, scene_occupancy
 from core.export.manifest import Artifact, write_manifest
@@ -89,12 +89,20 @@ def build_mesh(scene: SceneLike, method: str, views: list[ViewRender], images: l
     Returns the coloured mesh and a dict describing how it was made.
     """
     if method == "density":
-        mesh, info = density_mesh(scene, views, config.mesh_resolution, occupancy, config.mesh_level,
-                                  should_stop=should_stop)
+        part, level = scene, config.mesh_level
+        if config.mesh_part != "all":
+            from core.composition import PartScene  # composition builds on core.export.projection
+
+            part, level = PartScene(scene, config.mesh_part), level or surface_level(scene, views)
+        mesh, info = density_mesh(part, views, config.mesh_resolution, occupancy, level, should_stop=should_stop)
     else:
         grid = grid_over_box(*mesh_box(scene), config.mesh_resolution)
         mesh, info = tsdf_mesh(grid, views, config.opacity_threshold, config.tsdf_truncation_voxels, occupancy,
                                should_stop=should_stop)
+    if config.mesh_part == "foreground":
+        from core.composition import crop_to_foreground
+
+        mesh = crop_to_foreground(mesh, scene)
     if config.mesh_cull_frusta:
         cams = scene.train_indices or list(range(len(scene.c2w)))
         mesh = cull_outside_frusta(mesh, scene.c2w[cams], [scene.intrinsics[i] for i in cams])
@@ -174,7 +182,8 @@ def export_all(scene: SceneLike, out_dir: Path, config: ExportConfig | None = No
         occupancy = scene_occupancy(scene.occupancy_world())
         for method in methods:
             mesh, mesh_info[method] = build_mesh(scene, method, views, images, occupancy, config, should_stop)
-            arts += write_mesh(out_dir, f"mesh_{method}", mesh, scene.frame, extra={"method": method})
+            name = f"mesh_{method}" if config.mesh_part == "all" else f"mesh_{method}_{config.mesh_part}"
+            arts += write_mesh(out_dir, name, mesh, scene.frame, extra={"method": method, "part": config.mesh_part})
             report(f"mesh:{method}", 1.0, f"{method} mesh: {len(mesh.faces)} faces")
         if "pointcloud" in config.what:
             arts.append(export_pointcloud(scene, out_dir, views, images, config))

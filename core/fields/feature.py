@@ -13,17 +13,23 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.config import TrainConfig
 from core.fields.base import FieldOutput
 from core.fields.compose import ComposedField
+from core.fields.contraction import to_unit_cube
 from core.fields.nerf import FieldConfig, HashNerfField
 from core.fields.neural_renderer import NeuralRenderer, NeuralRendererConfig, RendererOutput
 from core.model import RadianceModel, field_config, sampler_config
 from core.rays import RayBundle, rays_from_pixels
 from core.render import RenderOutput
 from core.sampling import SamplerConfig
+
+# Feed the renderer's last block with the field's encoding at each output pixel's 3D point (see
+# core.fields.neural_renderer): finer-than-feature-map detail from the 3D field.
+PIXEL_FEATURES = True
 
 
 class FeatureField(HashNerfField):
@@ -52,6 +58,11 @@ class FeatureField(HashNerfField):
     def feature_dim(self) -> int:
         return self.cfg.out_features
 
+    def pixel_features(self, points_field: torch.Tensor) -> torch.Tensor:
+        """(S, 3) field frame -> (S, G) float32: the hash-grid encoding at the points (G = levels x features),
+        the per-output-pixel input of the neural renderer."""
+        return self.encoding(to_unit_cube(points_field, self.contracted)).float()
+
 
 def build_field(cfg: TrainConfig, contracted: bool, n_images: int, device: torch.device | str) -> nn.Module:
     """The field of `cfg.model` ("nerf" -> RGB, "feature_field" -> `cfg.feature_dim` features).
@@ -76,8 +87,30 @@ def build_field(cfg: TrainConfig, contracted: bool, n_images: int, device: torch
 
 def renderer_config(cfg: TrainConfig) -> NeuralRendererConfig:
     """The neural renderer for a feature-field config: M_f features + opacity in (`FeatureFieldModel.
-    feature_rays` layout), `cfg.upsample` x out."""
-    return NeuralRendererConfig(in_channels=cfg.feature_dim + 1, upsample=cfg.upsample)
+    feature_rays` layout), `cfg.upsample` x out; with PIXEL_FEATURES the hash-grid encoding at every output
+    pixel's point goes to the last block."""
+    pixel = cfg.grid_levels * cfg.grid_features if PIXEL_FEATURES and cfg.upsample > 1 else 0
+    return NeuralRendererConfig(in_channels=cfg.feature_dim + 1, upsample=cfg.upsample, pixel_channels=pixel)
+
+
+def pixel_points(c2w_field: torch.Tensor, params: torch.Tensor, u0: torch.Tensor, v0: torch.Tensor,
+                 z_low: torch.Tensor, s: int) -> torch.Tensor:
+    """Each output pixel's 3D point: its own ray at the feature map's z-depth (bilinearly upsampled).
+
+    c2w_field: (K, 4, 4) float32 field frame; params: (K, 8) intrinsics; u0, v0: (K,) int64 top-left output
+    pixel; z_low: (K, n_v, n_u) float32 z-depth in field units of the low-res grid starting there.
+    Returns (K, n_v s, n_u s, 3) float32 field-frame points (row-major pixels).
+    """
+    k, n_v, n_u = z_low.shape
+    z = F.interpolate(z_low[:, None], scale_factor=s, mode="bilinear", align_corners=False)[:, 0]
+    dv, du = torch.meshgrid(torch.arange(n_v * s, device=z.device), torch.arange(n_u * s, device=z.device),
+                            indexing="ij")
+    u = (u0[:, None, None] + du).reshape(-1)
+    v = (v0[:, None, None] + dv).reshape(-1)
+    m = n_v * s * n_u * s
+    rays = rays_from_pixels(c2w_field.repeat_interleave(m, 0), params.repeat_interleave(m, 0), u, v)
+    t = z.reshape(-1) / rays.z_scale
+    return (rays.origins + rays.directions * t[:, None]).view(k, n_v * s, n_u * s, 3)
 
 
 def lowres_centres(u0: torch.Tensor, v0: torch.Tensor, n_u: int, n_v: int, s: int
@@ -120,6 +153,14 @@ class FeatureFieldModel(RadianceModel):
         f = out.features.float()
         return torch.cat([f[:, :3], out.opacity[:, None].float(), f[:, 3:]], -1), out
 
+    def pixel_features(self, c2w_field: torch.Tensor, params: torch.Tensor, u0: torch.Tensor, v0: torch.Tensor,
+                       z_low: torch.Tensor) -> torch.Tensor:
+        """The renderer's per-pixel input (K, G, n_v s, n_u s): the field's `pixel_features` at `pixel_points`
+        (arguments as there)."""
+        pts = pixel_points(c2w_field, params, u0, v0, z_low, self.upsample)
+        k, h, w, _ = pts.shape
+        return self.field.pixel_features(pts.reshape(-1, 3)).view(k, h, w, -1).permute(0, 3, 1, 2)
+
     def patches(self, c2w_field: torch.Tensor, params: torch.Tensor, image_index: torch.Tensor,
                 u0: torch.Tensor, v0: torch.Tensor, size: int, margin: int, training: bool
                 ) -> tuple[RendererOutput, RenderOutput]:
@@ -141,7 +182,11 @@ class FeatureFieldModel(RadianceModel):
                                 u.reshape(-1), v.reshape(-1), image_index.repeat_interleave(per_ray, 0))
         feats, out = self.feature_rays(rays, training)
         fmap = feats.view(k, n, n, -1).permute(0, 3, 1, 2)
-        rendered = self.renderer(fmap)
+        pixels = None
+        if self.renderer.pixel_proj is not None:
+            z = (out.depth * rays.z_scale).detach().view(k, n, n)
+            pixels = self.pixel_features(c2w_field, params, u0 - margin * s, v0 - margin * s, z)
+        rendered = self.renderer(fmap, pixels)
         lo, hi = margin, n - margin
         cropped = RendererOutput(rendered.image[:, :, lo * s:hi * s, lo * s:hi * s],
                                  rendered.low_res[:, :, lo:hi, lo:hi])

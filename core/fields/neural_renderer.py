@@ -12,6 +12,11 @@ output starts as exactly what the field renders (a NeRF at feature resolution), 
 the image's alpha as in volume rendering. The to-RGB convs start at zero, so an untrained renderer outputs
 the field's render, bilinearly upsampled (in logit space).
 
+With `pixel_channels` > 0 the last block also receives per-output-pixel features (B, G, H, W), added
+through a 1x1 conv before its activation: the field's encoding at each output pixel's own 3D point (its
+ray at the feature map's depth, see core.fields.feature). The detail finer than the feature map then comes
+from the 3D field, the same in every view, rather than being invented by the 2D network.
+
 Output channels: 4 = premultiplied RGB and alpha (both squashed by a sigmoid); an image on a background
 `bg` is `rgb + (1 - alpha) * bg` (see `over_background`).
 """
@@ -19,6 +24,7 @@ Output channels: 4 = premultiplied RGB and alpha (both squashed by a sigmoid); a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +41,9 @@ class NeuralRendererConfig:
     width: channels after the first block; each further block halves it, down to min_width.
     leaky_slope: negative slope of the leaky ReLUs.
     rgba_skip: input channels 0..3 are premultiplied RGB and opacity in [0, 1], added (as logits) to the
-        first skip (see the module docstring)."""
+        first skip (see the module docstring).
+    pixel_channels: channels G of the per-output-pixel features fed to the last block (0: none; needs
+        upsample >= 2)."""
 
     in_channels: int = 17
     upsample: int = 4
@@ -43,6 +51,7 @@ class NeuralRendererConfig:
     min_width: int = 16
     leaky_slope: float = 0.2
     rgba_skip: bool = True
+    pixel_channels: int = 0
 
     @property
     def n_blocks(self) -> int:
@@ -96,7 +105,8 @@ def over_background(rgba: torch.Tensor, background: torch.Tensor) -> torch.Tenso
 
 
 class NeuralRenderer(nn.Module):
-    """forward(features (B, C_in, H_v, W_v) float32) -> RendererOutput (full res = H_v * upsample)."""
+    """forward(features (B, C_in, H_v, W_v) float32, pixel_features (B, G, H_v s, W_v s) float32 or None)
+    -> RendererOutput (full res = H_v * upsample s). pixel_features are required iff cfg.pixel_channels."""
 
     def __init__(self, cfg: NeuralRendererConfig) -> None:
         super().__init__()
@@ -111,35 +121,54 @@ class NeuralRenderer(nn.Module):
             for conv in self.to_rgb:
                 nn.init.zeros_(conv.weight)
                 nn.init.zeros_(conv.bias)
+        self.pixel_proj = None
+        if cfg.pixel_channels:
+            if not cfg.n_blocks:
+                raise ValueError("per-pixel features need upsample >= 2 (at least one block)")
+            self.pixel_proj = nn.Conv2d(cfg.pixel_channels, widths[-1], 1)
 
     @property
     def upsample(self) -> int:
         return self.cfg.upsample
 
-    def forward(self, features: torch.Tensor) -> RendererOutput:
+    def forward(self, features: torch.Tensor, pixel_features: torch.Tensor | None = None) -> RendererOutput:
+        if (pixel_features is None) != (self.pixel_proj is None):
+            raise ValueError(f"this renderer takes {self.cfg.pixel_channels} per-pixel feature channels; got "
+                             f"{'none' if pixel_features is None else tuple(pixel_features.shape)}")
         net = features
         logits = self.to_rgb[0](net)
         if self.cfg.rgba_skip:
             logits = logits + logit(net[:, :OUT_CHANNELS])
         low_res = torch.sigmoid(logits)
-        for block, to_rgb in zip(self.blocks, self.to_rgb[1:], strict=True):
-            net = F.leaky_relu(block(upsample_nearest(net)), self.cfg.leaky_slope)
+        last = len(self.blocks) - 1
+        for i, (block, to_rgb) in enumerate(zip(self.blocks, self.to_rgb[1:], strict=True)):
+            net = block(upsample_nearest(net))
+            if i == last and self.pixel_proj is not None:
+                net = net + self.pixel_proj(pixel_features)
+            net = F.leaky_relu(net, self.cfg.leaky_slope)
             logits = upsample_bilinear(logits) + to_rgb(net)
         return RendererOutput(image=torch.sigmoid(logits), low_res=low_res)
 
 
-def render_tiled(renderer: NeuralRenderer, features: torch.Tensor, tile: int = 128, halo: int | None = None
-                 ) -> RendererOutput:
+def render_tiled(renderer: NeuralRenderer, features: torch.Tensor, tile: int = 128, halo: int | None = None,
+                 pixel_fn: Callable[[int, int, int, int], torch.Tensor] | None = None) -> RendererOutput:
     """The renderer on a large feature map, `tile` x `tile` low-res pixels at a time, so memory is bounded
     by one tile (4032 x 3024 outputs at upsample 4 take tiles of 512 x 512 output pixels).
 
     features: (1, C, H_v, W_v). Each tile is rendered with `halo` extra low-res pixels on every side
     (default 2 + n_blocks, more than the renderer's receptive radius), so the result equals the
     whole-map render up to float rounding. Returns RendererOutput like `renderer(features)`.
+    pixel_fn(y0, y1, x0, x1): the per-pixel features (1, G, (y1 - y0) s, (x1 - x0) s) of the output pixels
+    under low-res rows y0..y1-1 and columns x0..x1-1, for renderers that take them.
     """
     _, _, h, w = features.shape
+
+    def run(ya: int, yb: int, xa: int, xb: int) -> RendererOutput:
+        pixels = None if pixel_fn is None else pixel_fn(ya, yb, xa, xb)
+        return renderer(features[:, :, ya:yb, xa:xb], pixels)
+
     if h <= tile and w <= tile:
-        return renderer(features)
+        return run(0, h, 0, w)
     s = renderer.upsample
     halo = 2 + renderer.cfg.n_blocks if halo is None else halo
     image = features.new_empty(1, OUT_CHANNELS, h * s, w * s)
@@ -148,7 +177,7 @@ def render_tiled(renderer: NeuralRenderer, features: torch.Tensor, tile: int = 1
         for x0 in range(0, w, tile):
             y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
             ya, xa, yb, xb = max(0, y0 - halo), max(0, x0 - halo), min(h, y1 + halo), min(w, x1 + halo)
-            out = renderer(features[:, :, ya:yb, xa:xb])
+            out = run(ya, yb, xa, xb)
             image[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = out.image[:, :, (y0 - ya) * s:(y1 - ya) * s,
                                                                   (x0 - xa) * s:(x1 - xa) * s]
             low[:, :, y0:y1, x0:x1] = out.low_res[:, :, y0 - ya:y1 - ya, x0 - xa:x1 - xa]

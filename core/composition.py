@@ -1,0 +1,181 @@
+"""Foreground / background composition (GIRAFFE's operator, core.fields.compose) applied to a capture:
+the foreground box in the input frame, the support plane (ground, table top) cut off the foreground so
+the background field carries it, and one part of a composed scene as a density for the mesh exporter."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import trimesh
+
+from core.capture import Capture, SceneNormalization, compute_normalization, half_fov
+from core.errors import UserInputError
+from core.export.projection import backproject_depth
+from core.fields.compose import ComposedField
+from core.scene import TrainedScene
+
+PLANE_SIDE = 64               # training views are rendered at this side to find the support plane
+
+
+def default_foreground_box(capture: Capture) -> tuple[np.ndarray, np.ndarray]:
+    """The region the cameras look at, as an input-frame box (min (3,), max (3,) float64): the ROI of a
+    bounded ("object") normalisation of the capture, whatever the capture's own mode."""
+    roi = compute_normalization(capture.c2w, "bounded", fov_half=half_fov(capture.intrinsics))
+    centre, half = np.asarray(roi.center), 1.0 / roi.scale
+    return centre - half, centre + half
+
+
+def set_foreground_box(field: ComposedField, norm: SceneNormalization, box_world: tuple[np.ndarray, np.ndarray]
+                       ) -> None:
+    """Move a composed field's foreground box to `box_world` (min (3,), max (3,) input frame)."""
+    lo, hi = (norm.to_field(np.asarray(b, dtype=np.float64)) for b in box_world)
+    if np.any(hi <= lo):
+        raise UserInputError("roi_box_empty", f"the foreground box {list(box_world[0])} .. {list(box_world[1])} "
+                             "is empty.", "Give the box as (min corner, max corner) in the input frame.")
+    field.set_region(lo.tolist(), hi.tolist())
+
+
+def camera_up(c2w: np.ndarray) -> np.ndarray:
+    """(3,) float64 unit vector: the mean of the cameras' up axes (-y in OpenCV axes). c2w: (N, 4, 4)."""
+    up = -np.asarray(c2w)[:, :3, 1].mean(0)
+    return up / max(np.linalg.norm(up), 1e-12)
+
+
+def fit_support_plane(points: np.ndarray, up: np.ndarray, tol: float, min_fraction: float = 0.15,
+                      max_tilt_deg: float = 30.0, iters: int = 256, seed: int = 0) -> np.ndarray | None:
+    """The dominant plane facing `up` among surface points (RANSAC, then least squares on the inliers).
+
+    points: (N, 3) float64 surface points, any frame; up: (3,) unit, same frame; tol: inlier distance,
+    same units. Planes tilted more than max_tilt_deg from horizontal (w.r.t. up) are ignored, and the best
+    must hold min_fraction of the points. Returns [nx, ny, nz, d] (float64, n unit with n . up > 0; the
+    points above are n . x >= d), shifted up by 3 standard deviations of the inliers' residuals (at
+    least tol), so that the plane's own surface lies below it; or None.
+    """
+    if len(points) < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    cos_max = np.cos(np.deg2rad(max_tilt_deg))
+    best, best_count = None, 0
+    for _ in range(iters):
+        a, b, c = points[rng.choice(len(points), 3, replace=False)]
+        n = np.cross(b - a, c - a)
+        norm = np.linalg.norm(n)
+        if norm < 1e-12:
+            continue
+        n = n / norm * np.sign(n @ up or 1.0)
+        if n @ up < cos_max:
+            continue
+        count = int((np.abs(points @ n - n @ a) < tol).sum())
+        if count > best_count:
+            best, best_count = (n, n @ a), count
+    if best is None or best_count < min_fraction * len(points):
+        return None
+    inliers = points[np.abs(points @ best[0] - best[1]) < tol]
+    centre = inliers.mean(0)
+    n = np.linalg.svd(inliers - centre)[2][-1]
+    n = n * np.sign(n @ up or 1.0)
+    residual = (inliers - centre) @ n
+    return np.array([*n, n @ centre + max(3.0 * residual.std(), tol)])
+
+
+def find_support_plane(scene: TrainedScene, indices: list[int], tol_fraction: float = 0.01) -> np.ndarray | None:
+    """The support plane (ground, table top) under a composed field's foreground, in the field frame.
+
+    Renders the capture cameras `indices` at PLANE_SIDE px, keeps the opaque surface points inside the
+    foreground box and fits `fit_support_plane` with a tolerance of tol_fraction x the box diagonal.
+    Returns [nx, ny, nz, d] (field frame) or None.
+    """
+    field = scene.model.field
+    lo, hi = field.box_min.cpu().numpy().astype(np.float64), field.box_max.cpu().numpy().astype(np.float64)
+    pts = []
+    for i in indices:
+        k = scene.intrinsics[i]
+        scale = min(1.0, PLANE_SIDE / max(k.width, k.height))
+        k = k.scaled(max(1, round(k.width * scale)), max(1, round(k.height * scale)))
+        r = scene.render(scene.c2w[i], k)
+        ok = r.opacity >= 0.9
+        if ok.any():
+            pts.append(scene.normalization.to_field(backproject_depth(r.depth_median, scene.c2w[i], k)[ok]))
+    if not pts:
+        return None
+    pts = np.concatenate(pts)
+    pts = pts[((pts >= lo) & (pts <= hi)).all(1)]
+    return fit_support_plane(pts, camera_up(scene.c2w), tol_fraction * float(np.linalg.norm(hi - lo)))
+
+
+def foreground_region_world(field: ComposedField, norm: SceneNormalization) -> dict:
+    """The foreground region in the input frame: {"box_min", "box_max": (3,) lists, "plane": [nx, ny, nz, d]
+    (points with n . x >= d are kept) or None}."""
+    lo, hi = (norm.to_world(b.detach().cpu().numpy().astype(np.float64)) for b in (field.box_min, field.box_max))
+    plane = field.plane.detach().cpu().numpy().astype(np.float64)
+    if not plane[:3].any():
+        return {"box_min": lo.tolist(), "box_max": hi.tolist(), "plane": None}
+    # n . x_field >= d with x_field = (x - c) s  <=>  n . x >= d / s + n . c
+    d_world = plane[3] / norm.scale + plane[:3] @ np.asarray(norm.center)
+    return {"box_min": lo.tolist(), "box_max": hi.tolist(), "plane": [*plane[:3].tolist(), float(d_world)]}
+
+
+@torch.no_grad()
+def density_of_part(scene: TrainedScene, points_world: np.ndarray, part: str, chunk: int = 1 << 18) -> np.ndarray:
+    """points_world: (N, 3) float64 input frame -> (N,) float32 density (per field-frame unit) of one part
+    ("all", "foreground", "background") of a scene whose field is a ComposedField (NeRF or feature field).
+    Raises UserInputError for a part other than "all" on a single field."""
+    field = scene.model.field
+    if not isinstance(field, ComposedField):
+        if part == "all":
+            return scene.query_density(points_world, chunk)
+        raise UserInputError("mesh_part_needs_composition", f"mesh part {part!r} needs a model trained with "
+                             "composition on; this one has a single field.",
+                             "Use --mesh-part all, or retrain with --composition on.")
+    scene.model.eval()
+    pts = torch.from_numpy(scene.normalization.to_field(np.asarray(points_world).reshape(-1, 3))).float()
+    out = np.zeros(len(pts), np.float32)
+    for start in range(0, len(pts), chunk):
+        d = field.density(pts[start:start + chunk].to(scene.device), part=part)
+        out[start:start + len(d)] = d.float().cpu().numpy()
+    return out
+
+
+def crop_to_foreground(mesh: trimesh.Trimesh, scene: TrainedScene) -> trimesh.Trimesh:
+    """The faces of `mesh` (input frame) whose vertices all lie in the scene's foreground region: inside
+    its box and above its support plane (scene.metrics["foreground_region"], `foreground_region_world`).
+    Raises UserInputError for a scene trained without composition."""
+    region = scene.metrics.get("foreground_region") if isinstance(scene.model.field, ComposedField) else None
+    if region is None:
+        raise UserInputError("mesh_part_needs_composition", "mesh part 'foreground' needs a model trained with "
+                             "composition on; this one has a single field.",
+                             "Use --mesh-part all, or retrain with --composition on.")
+    v = np.asarray(mesh.vertices)
+    keep = ((v >= np.asarray(region["box_min"])) & (v <= np.asarray(region["box_max"]))).all(1)
+    if region["plane"] is not None:
+        keep &= v @ np.asarray(region["plane"][:3]) >= region["plane"][3]
+    mesh = mesh.copy()
+    mesh.update_faces(keep[mesh.faces].all(1))
+    mesh.remove_unreferenced_vertices()
+    return mesh
+
+
+class PartScene:
+    """What the mesh exporter needs (core.export.scene_api.SceneLike) from one part of a composed scene:
+    `query_density` and the occupied bounds are the part's (the foreground box for "foreground"); rendering,
+    cameras and everything else are the whole scene's. Mesh with the whole scene's iso-level."""
+
+    def __init__(self, scene: TrainedScene, part: str) -> None:
+        self.scene, self.part = scene, part
+        if part != "all":
+            density_of_part(scene, np.zeros((1, 3)), part)     # fails early for a single field
+
+    def __getattr__(self, name: str):
+        return getattr(self.scene, name)
+
+    def query_density(self, points_world: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+        """points_world: (N, 3) float64 input frame -> (N,) float32 density of this part."""
+        return density_of_part(self.scene, points_world, self.part, chunk)
+
+    def occupied_bbox_world(self) -> tuple[np.ndarray, np.ndarray]:
+        """(3,), (3,) float64 input-frame bounds: the scene's occupied box, within the foreground box."""
+        lo, hi = self.scene.occupied_bbox_world()
+        if self.part == "foreground":
+            region = foreground_region_world(self.scene.model.field, self.scene.normalization)
+            lo, hi = np.maximum(lo, region["box_min"]), np.minimum(hi, region["box_max"])
+        return lo, hi
