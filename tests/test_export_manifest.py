@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import av
 import numpy as np
@@ -137,3 +138,10 @@ def test_manifest_json_is_plain_json(export):
     out, _, _ = export
     doc = json.loads((out / "manifest.json").read_text())
     assert doc["version"] == 1 and isinstance(doc["files"], list)
+
+
+def test_a_relative_output_folder_works(scene, tmp_path, monkeypatch):
+    """`nerfserve export run --out outputs` from the run's parent: paths are recorded once, not twice."""
+    monkeypatch.chdir(tmp_path)
+    manifest = export_all(scene, Path("rel") / "outputs", ExportConfig(what=("depth",), depth_max_side=16))
+    assert manifest["files"] and all((tmp_path / "rel" / "outputs" / f["path"]).is_file() for f in manifest["files"])

@@ -158,7 +158,7 @@ def export_all(scene: SceneLike, out_dir: Path, config: ExportConfig | None = No
     Raises core.errors.Cancelled when should_stop() turns True (checked between views and chunks).
     """
     config = config or ExportConfig()
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()      # artifacts are recorded by path: a relative one would resolve twice
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = config.mesh_methods()
     want_views = "views" in config.what or "video" in config.what
