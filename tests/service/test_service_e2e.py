@@ -319,8 +319,7 @@ def _embedded_round_trip(tmp_path: Path, broker: str, real: bool = False) -> Non
         meshes = [f["path"] for f in manifest["files"] if f["kind"] == "mesh" and f["path"].endswith(".ply")]
         assert meshes and all(trimesh.load(out / m, force="mesh").faces.shape[0] > (500 if real else 0)
                               for m in meshes)
-        if real:
-            assert final["metrics"]["poses.registered"] >= 18
+        if real:  # (registration counts are asserted by the Celery variant, test_service_real_pipeline.py)
             views = [f["path"] for f in manifest["files"] if f["path"].endswith(".png")]
             assert views and all(np.asarray(Image.open(out / v)).size > 0 for v in views)
     finally:
