@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-all lint demo serve bench clean
+.PHONY: setup test test-all lint demo fox serve bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,15 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/nerfserve synth runs/synth --views 40 --size 128
 	$(BIN)/nerfserve train runs/synth --out runs/synth_train --preset fast --device cpu
+
+# The fox run of README.md: train at 1/8, export, and full-size held-out previews (rgb/ and depth_vis/ under
+# runs/fox/preview). Renders of the shared capture stay out of the repository, like the capture itself.
+FOX ?= ../shared/data/fox
+fox: $(STAMP)
+	$(BIN)/nerfserve train $(FOX) --out runs/fox --preset fast --device cpu --max-side 240 --steps 400
+	$(BIN)/nerfserve export runs/fox --what depth,mesh,views,video --mesh-resolution 128 --frames 24 \
+		--view-max-side 128 --depth-max-side 80 --fusion-max-side 80 --capture $(FOX)
+	$(BIN)/nerfserve export runs/fox --what depth --depth-views test --out runs/fox/preview
 
 serve: $(STAMP)
 	$(BIN)/nerfserve serve --host 127.0.0.1 --port 8000

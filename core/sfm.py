@@ -69,7 +69,7 @@ class SfmConfig:
         agree with GPS even where the images alone leave some drift. The sigma is tight because a
         flight's GPS fixes are consistent with each other to centimetres-decimetres (their error is mostly
         a common offset, which the ENU origin absorbs); on brighton_beach it moves the worst camera pair
-        from 5.5% to 2.4% of its GPS distance while the mean reprojection error goes from 0.37 to 0.39 px.
+        from 5.5% to 2.4% of its GPS distance, with a mean reprojection error of 0.39 px.
     """
 
     matcher: str = "auto"

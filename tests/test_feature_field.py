@@ -182,8 +182,8 @@ def test_nerf_with_composition_and_foreground_mesh_export(small_capture, tmp_pat
     import trimesh
 
     mesh = trimesh.load(tmp_path / "out" / mesh_files[0]["path"])
-    if len(mesh.vertices):
-        assert (mesh.vertices >= box[0] - 1e-6).all() and (mesh.vertices <= box[1] + 1e-6).all()
+    assert len(mesh.vertices) > 0
+    assert (mesh.vertices >= box[0] - 1e-6).all() and (mesh.vertices <= box[1] + 1e-6).all()
     single = train(cap, tiny(model="nerf", steps=1), evaluate_holdout=False)
     with pytest.raises(UserInputError) as err:
         export_all(single, tmp_path / "single", cfg)

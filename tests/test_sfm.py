@@ -283,5 +283,6 @@ def test_brighton_beach_is_metric_enu(brighton_dir, tmp_path):
     # A nadir survey: every camera looks down (its forward axis points to -z in ENU).
     assert np.all(result.capture.c2w[:, 2, 2] < -0.9)
     print(json.dumps({"brighton_timings_s": report["timings_s"], "max_pair_rel": float(max(rel)),
-                      "median_pair_rel": float(np.median(rel))}))
+                      "median_pair_rel": float(np.median(rel)),
+                      "mean_reprojection_error_px": report["mean_reprojection_error_px"]}))
     shutil.rmtree(tmp_path / "ingest")

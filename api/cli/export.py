@@ -33,6 +33,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=int, default=24)
     p.add_argument("--view-max-side", type=int, default=720, help="long side of novel views in pixels")
     p.add_argument("--depth-max-side", type=int, default=None, help="cap the depth maps' long side")
+    p.add_argument("--depth-views", choices=("all", "train", "test"), default="all",
+                   help="which capture cameras get depth maps (test: the held-out views)")
     p.add_argument("--fusion-max-side", type=int, default=256,
                    help="long side of the internal renders for TSDF, mesh level and colours, point cloud")
     p.add_argument("--capture", type=Path, default=None,
@@ -47,7 +49,8 @@ def config_from_args(args: argparse.Namespace):
     overrides = {"mesh_resolution": args.mesh_resolution, "mesh_face_budget": args.face_budget,
                  "path": args.path, "n_frames": args.frames, "fps": args.fps,
                  "view_max_side": args.view_max_side, "depth_max_side": args.depth_max_side,
-                 "fusion_max_side": args.fusion_max_side, "mesh_part": args.mesh_part}
+                 "fusion_max_side": args.fusion_max_side, "mesh_part": args.mesh_part,
+                 "depth_views": args.depth_views}
     if args.what:
         overrides["what"] = args.what
     if args.mesh_method:

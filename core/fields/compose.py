@@ -128,17 +128,15 @@ class ComposedField(nn.Module):
         return fg, bg
 
     def pixel_features(self, points_field: torch.Tensor) -> torch.Tensor:
-        """(S, 3) field frame -> (S, G): each part's own `pixel_features` (fields that have them) at its points,
-        the foreground's at box coordinates."""
+        """(S, 3) field frame -> (S, G) float32: each part's own `pixel_features` at its points (the
+        foreground's at box coordinates). Both parts share one grid layout, so G is the same."""
         fi, bi = self._split(points_field)
-        out = None
-        for part, index, points in ((self.foreground, fi, self.to_box(points_field[fi])),
-                                    (self.background, bi, points_field[bi])):
-            if len(index):
-                g = part.pixel_features(points).float()
-                out = (points_field.new_zeros(points_field.shape[0], g.shape[1]) if out is None else out
-                       ).index_put((index,), g)
-        return out if out is not None else points_field.new_zeros(0, self.foreground.cfg.grid.n_output_dims)
+        out = points_field.new_zeros(points_field.shape[0], self.foreground.cfg.grid.n_output_dims)
+        if len(fi):
+            out = out.index_put((fi,), self.foreground.pixel_features(self.to_box(points_field[fi])).float())
+        if len(bi):
+            out = out.index_put((bi,), self.background.pixel_features(points_field[bi]).float())
+        return out
 
     def density(self, points_field: torch.Tensor, part: str = "all") -> torch.Tensor:
         """(S, 3) field frame -> (S,) density of part "all" (composed), "foreground" or "background"."""
