@@ -32,7 +32,7 @@ class TrainConfig:
     feature_dim: int = 16
     upsample: int = 4
     composition: bool = False
-    patch_size: int = 32
+    patch_size: int = 16
     # sampling
     sampler: str = "occupancy"        # occupancy | hierarchical
     march_steps: int = 384

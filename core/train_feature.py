@@ -54,14 +54,15 @@ def patch_targets(colors: torch.Tensor, background: torch.Tensor, s: int) -> tup
 
 def patch_layout(config: TrainConfig, store: PixelStore) -> tuple[int, int]:
     """(patch size P, patches per batch K): P = config.patch_size (a multiple of config.upsample, at most
-    the smallest image side); K so that a batch has about config.batch_rays low-res rays."""
+    the smallest image side); K so that a batch renders about config.batch_rays low-res rays, the
+    PATCH_MARGIN rays around each patch included (so a step costs the field what a NeRF step does)."""
     s = config.upsample
     smallest = int(min(store.widths.min(), store.heights.min()))
     size = min(config.patch_size, smallest) // s * s
     if size < s:
         raise UserInputError("images_too_small", f"the smallest training image side is {smallest} px, less "
                              f"than the feature-field upsampling {s}.", "Use larger images or a smaller --upsample.")
-    return size, max(PATCHES_MIN, config.batch_rays // (size // s) ** 2)
+    return size, max(PATCHES_MIN, config.batch_rays // (size // s + 2 * PATCH_MARGIN) ** 2)
 
 
 # ---- training -------------------------------------------------------------------------------------

@@ -71,10 +71,11 @@ def test_custom_backward_matches_autograd():
     x = torch.rand(500, 3)
     idx, w = enc.corner_indices_and_weights(x)
     p = enc.params.detach().clone().requires_grad_()
-    ref = (torch.nn.functional.embedding(idx.reshape(-1), p.view(-1, 2)).view(*idx.shape, 2) * w[..., None]).sum(2)
+    ref = (torch.nn.functional.embedding(idx.reshape(-1).long(), p.view(-1, 2)).view(*idx.shape, 2)
+           * w[..., None]).sum(1)                                                     # (L, S, F)
     g = torch.randn_like(ref)
     (ref * g).sum().backward()
-    (enc(x).view_as(ref) * g).sum().backward()
+    (enc(x).view(500, 6, 2).permute(1, 0, 2) * g).sum().backward()
     assert torch.allclose(enc.params.grad, p.grad, atol=1e-6)
     assert enc.params.grad.abs().sum() > 0
 

@@ -200,7 +200,7 @@ def test_rejects_images_smaller_than_the_upsampling(small_capture):
 # ---- slow: real training runs ---------------------------------------------------------------------
 
 MESH_CFG = dict(model="feature_field", device="cpu", grid_levels=12, grid_log2_size=17, grid_max_res=512,
-                march_steps=128, grid_resolution=32, batch_rays=1024, feature_dim=16, upsample=4, patch_size=48,
+                march_steps=128, grid_resolution=32, batch_rays=1024, feature_dim=16, upsample=4, patch_size=16,
                 checkpoint_every=10 ** 9)
 
 
@@ -220,13 +220,14 @@ def foreground_mesh(scene, resolution: int = 128):
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_composition_foreground_mesh_holds_the_objects_not_the_ground(synthetic_small):
+@pytest.mark.parametrize("model", ["nerf", "feature_field"])
+def test_composition_foreground_mesh_holds_the_objects_not_the_ground(synthetic_small, model):
     """Issue 6: with composition on, the foreground mesh's Chamfer distance to the objects-only mesh is
     <= 2% of the scene diagonal, and the background field carries the ground."""
     from core.export.quality import mesh_chamfer
 
     syn = synthetic_small
-    scene = train(syn.capture, TrainConfig(**MESH_CFG, steps=500, composition=True))
+    scene = train(syn.capture, TrainConfig(**{**MESH_CFG, "model": model}, steps=500, composition=True))
     region = scene.metrics["foreground_region"]
     print("region", region, "psnr", scene.metrics.get("psnr_holdout"))
     assert region["plane"] is not None                         # the ground was found and cut off
@@ -293,7 +294,7 @@ def test_feature_field_against_nerf_at_the_same_budget():
     from feature_bench import compare
 
     args = Namespace(views=24, size=96, budget=float(os.environ.get("NERFSERVE_FEATURE_BUDGET", 240)), orbit=60,
-                     device="cpu", upsample=4, feature_dim=16, patch_size=48)
+                     device="cpu", upsample=4, feature_dim=16, patch_size=16, exact_depth_orbit=False)
     figures = compare(args)
     print({k: figures[k] for k in ("psnr_gap_db", "render_speedup", "warp_ratio")})
     assert figures["nerf"]["orbit"]["pairs"] == 59 and figures["feature_field"]["orbit"]["pairs"] == 59

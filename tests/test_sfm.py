@@ -135,11 +135,14 @@ def test_unrelated_image_sets_keep_the_larger_model(tmp_path, capsys):
 
 
 def test_video_frames_use_sequential_matching(tmp_path):
-    """12 consecutive views 10 degrees apart as an MP4: frames are tagged sequential and all register."""
+    """12 consecutive views 7.5 degrees apart as an MP4: frames are tagged sequential and all register.
+
+    At 10 degrees the last frame's links (82 and 27 inliers) left its registration to chance: CI once
+    registered 11 of 12. At 7.5 degrees they are 154 and 95."""
     import av
 
-    frames = _arc(seed=0, first=0, count=12)
-    truth = orbit_poses(SyntheticConfig(views=36, seed=0))[:12]
+    frames = _arc(seed=0, first=0, count=12, views=48)
+    truth = orbit_poses(SyntheticConfig(views=48, seed=0))[:12]
     video = tmp_path / "orbit.mp4"
     with av.open(str(video), "w") as out:
         stream = out.add_stream("mpeg4", rate=5)

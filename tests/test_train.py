@@ -153,7 +153,7 @@ def test_kill_9_and_resume_from_checkpoint(tmp_path):
     """A real `kill -9` of the CLI mid-training; the rerun resumes from the checkpoint."""
     data = write_synthetic(SyntheticConfig(views=16, size=64), tmp_path / "synth")
     args = [sys.executable, "-m", "api.cli", "train", str(data), "--preset", "fast", "--device", "cpu",
-            "--steps", "150"]
+            "--steps", "300", "--checkpoint-every", "25"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*args, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
@@ -164,7 +164,7 @@ def test_kill_9_and_resume_from_checkpoint(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     step = int(latest_checkpoint(killed / "checkpoints").stem.split("_")[1])
-    assert 0 < step < 150
+    assert 0 < step < 300
     subprocess.run([*args, "--out", str(killed)], env=env, check=True, stdout=subprocess.DEVNULL)
     subprocess.run([*args, "--out", str(tmp_path / "full"), "--no-resume"], env=env, check=True,
                    stdout=subprocess.DEVNULL)

@@ -32,6 +32,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--upsample", type=int)
     p.add_argument("--composition", choices=["on", "off"])
     p.add_argument("--renders", type=int, default=3, help="held-out views to save as PNG")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints in OUT/checkpoints")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in OUT/checkpoints")
     p.set_defaults(func=cmd_train)
 
@@ -51,7 +52,8 @@ def train_config_from_args(args: argparse.Namespace):
         "steps": args.steps, "device": args.device, "backend": args.backend, "model": args.model,
         "sampler": args.sampler, "pixel_sampling": args.pixel_sampling, "scene_mode": args.scene_mode,
         "max_side": args.max_side, "feature_dim": args.feature_dim, "upsample": args.upsample,
-        "composition": None if args.composition is None else args.composition == "on"}.items() if v is not None}
+        "composition": None if args.composition is None else args.composition == "on",
+        "checkpoint_every": args.checkpoint_every}.items() if v is not None}
     return TrainConfig.preset(args.preset, **overrides)
 
 

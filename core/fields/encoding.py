@@ -95,52 +95,64 @@ class HashGridTorch(nn.Module):
         return self.cfg.n_output_dims
 
     def corner_indices_and_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (S, 3) in [0,1] -> flat table entries (S, L, 8) int32 and trilinear weights (S, L, 8) float32.
+        """x (S, 3) in [0,1] -> flat table entries (L, 8, S) int32 and trilinear weights (L, 8, S) float32.
 
-        Corner c = (cx, cy, cz) is bit 0, 1, 2 of c. Index terms are built per axis for the two
-        neighbouring vertices, (S, L, 2) each, then combined by broadcasting (8x less integer work than
-        expanding corners first). Levels are dense up to some level and hashed after it (resolution
-        grows), so each part computes only its own kind of index. Arithmetic is int32: the hash's
-        uint32 products wrap exactly like tcnn's, and tables (<= 2^31 entries) are powers of two when
-        hashed, so `& (T - 1)` equals `% T` on the wrapped bits.
+        Level-major, so the lookups of one level (one table, often cache-sized) come together, and
+        corner-major within a level. Corner c = (cx, cy, cz) is bit 0, 1, 2 of c. Every operation works on
+        whole (L', S) planes, one per axis and side, combined two axes at a time (x with y, then with z):
+        the CPU vectorises planes, not the tiny trailing dimensions of a broadcast. Levels are dense up to
+        some level and hashed after it (resolution grows). Arithmetic is int32: the hash's uint32 products
+        wrap exactly like tcnn's, and hashed tables are powers of two, so `& (T - 1)` equals `% T` on the
+        wrapped bits. A dense index is below twice its table (x + y r + z r^2 <= r + r^2 + r^3 < 2 r^3), so
+        one conditional subtraction is its modulo.
         """
         x = x.float().clamp(0.0, 1.0)
-        pos = x[:, None, :] * self.scales[None, :, None] + 0.5              # (S, L, 3)
+        pos = x.T[None] * self.scales[:, None, None] + 0.5                     # (L, 3, S)
         grid_f = torch.floor(pos)
         frac = pos - grid_f
         grid = grid_f.int()
         nd = self.n_dense
         parts = []
         if nd > 0:
-            g = grid[:, :nd]
-            res = self.resolutions[:nd].int()[None, :, None]
-            gx, gy, gz = (torch.stack([g[..., k], g[..., k] + 1], -1) for k in range(3))   # (S, Ld, 2)
-            gy, gz = gy * res, gz * res * res
-            dense = gx[..., None, None, :] + gy[..., None, :, None] + gz[..., :, None, None]
-            dense = dense % self.sizes[:nd].int()[None, :, None, None, None]
-            parts.append(dense.reshape(*dense.shape[:2], 8))
+            g, res = grid[:nd], self.resolutions[:nd].int()[:, None]
+            terms = [(g[:, 0], g[:, 0] + 1)]
+            for stride in (res, res * res):
+                a = g[:, len(terms)] * stride
+                terms.append((a, a + stride))
+            dense = _corners(terms, torch.add)
+            size = self.sizes[:nd].int()[:, None, None]                     # (Ld, 1, 1)
+            parts.append(torch.where(dense >= size, dense - size, dense))
         if nd < self.cfg.n_levels:
-            g = grid[:, nd:]
-            hx, hy, hz = (torch.stack([g[..., k], g[..., k] + 1], -1) * _PRIMES_I32[k] for k in range(3))
-            hashed = hx[..., None, None, :] ^ hy[..., None, :, None] ^ hz[..., :, None, None]
-            hashed = hashed & (self.sizes[nd:].int()[None, :, None, None, None] - 1)
-            parts.append(hashed.reshape(*hashed.shape[:2], 8))
-        index = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
-        index = index + self.offsets.int()[None, :, None]
-        wx = torch.stack([1 - frac[..., 0], frac[..., 0]], -1)
-        wy = torch.stack([1 - frac[..., 1], frac[..., 1]], -1)
-        wz = torch.stack([1 - frac[..., 2], frac[..., 2]], -1)
-        w = (wz[..., :, None, None] * wy[..., None, :, None] * wx[..., None, None, :]).reshape(*index.shape)
+            g, terms = grid[nd:], []
+            for k in range(3):
+                a = g[:, k] * _PRIMES_I32[k]
+                terms.append((a, a + _PRIMES_I32[k]))
+            hashed = _corners(terms, torch.bitwise_xor)
+            hashed &= self.sizes[nd:].int()[:, None, None] - 1
+            parts.append(hashed)
+        index = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
+        index += self.offsets.int()[:, None, None]
+        w = _corners([(1 - frac[:, k], frac[:, k]) for k in range(3)], torch.mul)
         return index, w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         index, w = self.corner_indices_and_weights(x)
-        out = _InterpolateTable.apply(self.params, index, w, self.cfg.features_per_level)   # (S, L, F)
-        return out.reshape(x.shape[0], -1)
+        out = _InterpolateTable.apply(self.params, index, w, self.cfg.features_per_level)   # (L, S, F)
+        return out.permute(1, 0, 2).reshape(x.shape[0], -1)
+
+
+def _corners(terms, combine) -> torch.Tensor:
+    """terms: per axis (x, y, z) the pair (side 0, side 1) of (L', S) planes; combine: the binary op that
+    joins axes (+ for dense indices, xor for hashes, * for weights). Returns (L', 8, S): corner c is
+    combine(combine(x[c & 1], y[c >> 1 & 1]), z[c >> 2 & 1])."""
+    (x0, x1), (y0, y1), (z0, z1) = terms
+    xy = [combine(x0, y0), combine(x1, y0), combine(x0, y1), combine(x1, y1)]
+    return torch.stack([combine(p, z) for z in (z0, z1) for p in xy], 1)
 
 
 class _InterpolateTable(torch.autograd.Function):
-    """out[s, l] = sum_c w[s, l, c] * table[index[s, l, c]]; backward scatters with index_add_.
+    """out[l, s] = sum_c w[l, c, s] * table[index[l, c, s]] (index, w: (L, 8, S)) -> (L, S, F); backward
+    scatters with index_add_.
 
     (The built-in embedding backward is ~4x slower on CPU.) Gradients flow to the table only:
     positions are inputs, not parameters, in every use here.
@@ -150,18 +162,21 @@ class _InterpolateTable(torch.autograd.Function):
     def forward(ctx, params: torch.Tensor, index: torch.Tensor, w: torch.Tensor, f: int) -> torch.Tensor:
         table = params.view(-1, f)
         flat = index.reshape(-1)
-        feats = table.index_select(0, flat).view(*index.shape, f)         # (S, L, 8, F)
-        flat = flat.long()                                                # index_add_ is fastest with int64
+        feats = table.index_select(0, flat).view(*index.shape, f)             # (L, 8, S, F)
+        w = w.to(feats.dtype)
+        out = feats[:, 0] * w[:, 0, :, None]
+        for c in range(1, 8):
+            out.addcmul_(feats[:, c], w[:, c, :, None])
         ctx.save_for_backward(flat, w)
         ctx.f, ctx.n = f, params.shape[0]
-        return (feats * w[..., None]).sum(2)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         flat, w = ctx.saved_tensors
-        contrib = (w[..., None] * grad_out[:, :, None, :]).reshape(-1, ctx.f)   # (S*L*8, F)
+        contrib = w[..., None].to(grad_out.dtype) * grad_out[:, None]                  # (L, 8, S, F)
         grad = torch.zeros(ctx.n // ctx.f, ctx.f, dtype=contrib.dtype, device=contrib.device)
-        grad.index_add_(0, flat, contrib.to(grad.dtype))
+        grad.index_add_(0, flat.long(), contrib.view(-1, ctx.f))  # int64: index_add_ is ~10x slower with int32
         return grad.view(-1), None, None, None
 
 
