@@ -2,6 +2,7 @@
 
     python benchmarks/feature_bench.py [--views 24] [--size 96] [--budget 240] [--orbit 60]
                                        [--device cpu|cuda|auto] [--upsample 4] [--feature-dim 16]
+                                       [--patch-size 16] [--pixel-features on|off]
                                        [--exact-depth-orbit]
 
 Both models train for the same wall-clock budget: a pilot run of each, stopped at the budget, counts the
@@ -45,7 +46,8 @@ def configs(args) -> dict[str, TrainConfig]:
     common = {**COMMON, "device": args.device}
     return {"nerf": TrainConfig(model="nerf", **common),
             "feature_field": TrainConfig(model="feature_field", feature_dim=args.feature_dim, upsample=args.upsample,
-                                         patch_size=args.patch_size, **common)}
+                                         patch_size=args.patch_size, pixel_features=args.pixel_features == "on",
+                                         **common)}
 
 
 def steps_in(capture, config: TrainConfig, seconds: float) -> int:
@@ -128,7 +130,8 @@ def compare(args) -> dict:
     return out
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (argv, default sys.argv); device "auto" resolved."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--views", type=int, default=24)
     ap.add_argument("--size", type=int, default=96)
@@ -138,15 +141,22 @@ def main() -> None:
     ap.add_argument("--upsample", type=int, default=4)
     ap.add_argument("--feature-dim", type=int, default=16)
     ap.add_argument("--patch-size", type=int, default=16)
+    ap.add_argument("--pixel-features", choices=("on", "off"), default="on")
     ap.add_argument("--exact-depth-orbit", action="store_true",
                     help="also measure the feature field's orbit warp error with full-resolution depth")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     t = time.perf_counter()
     figures = compare(args)
     config = {"scene": f"synthetic {args.views} views {args.size} px", "budget_s": args.budget, "orbit": args.orbit,
               "upsample": args.upsample, "feature_dim": args.feature_dim, "patch_size": args.patch_size,
+              "pixel_features": args.pixel_features,
               "common": COMMON, "wall_s": time.perf_counter() - t}
     print(json.dumps({"machine": machine(args.device), "config": config, "figures": figures}, indent=2))
 

@@ -32,7 +32,9 @@ class TrainConfig:
     feature_dim: int = 16
     upsample: int = 4
     composition: bool = False
+    foreground_sparsity: float = 0.01  # composition, after the plane cut: loss weight of the foreground's opacity
     patch_size: int = 16
+    pixel_features: bool = True       # the renderer's last block sees the hash grid at each output pixel's point
     # sampling
     sampler: str = "occupancy"        # occupancy | hierarchical
     march_steps: int = 384

@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from core.config import TrainConfig
+from core.fields.compose import ComposedField
 from core.fields.encoding import HashGridConfig
 from core.fields.nerf import FieldConfig, ReferenceNerfField
 from core.rays import RayBundle
-from core.render import RaySamples, RenderOutput, volume_render
+from core.render import RaySamples, RenderOutput, accumulate, volume_render
 from core.sampling import (
     OccupancyGrid,
     SamplerConfig,
@@ -74,7 +75,14 @@ class RadianceModel(nn.Module):
         pts = samples.positions(rays.origins, rays.directions)
         idx = samples.ray_indices
         out = self.field(pts, rays.directions[idx], rays.image_index[idx])
-        return volume_render(samples, out.density, out.features, background)
+        render = volume_render(samples, out.density, out.features, background)
+        if training and isinstance(self.field, ComposedField):
+            # The foreground's own opacity along each ray (its densities alone, so that a penalty on it
+            # reaches the foreground field only, not the background in front through the transmittance).
+            inside = self.field.in_foreground(pts)
+            optical = torch.where(inside, out.density.float() * (samples.t_ends - samples.t_starts), 0.0)
+            render.foreground_opacity = 1.0 - torch.exp(-accumulate(optical, idx, len(rays)))
+        return render
 
     @torch.no_grad()
     def render_chunked(self, rays: RayBundle, background: torch.Tensor | None, chunk: int) -> RenderOutput:

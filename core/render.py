@@ -40,7 +40,9 @@ class RaySamples:
 class RenderOutput:
     """Per ray: features (R, D) (RGB composited on the background when D == 3 and one was given);
     depth (R,) expected distance along the ray normalised by opacity, field units; depth_median (R,);
-    opacity (R,) in [0, 1]; weights (S,) per sample; n_samples: int."""
+    opacity (R,) in [0, 1]; weights (S,) per sample; n_samples: int; foreground_opacity (R,) in [0, 1],
+    the opacity of a composed field's foreground alone, 1 - exp(-sum of its sigma delta) (training renders
+    only, else None)."""
 
     features: torch.Tensor
     depth: torch.Tensor
@@ -48,6 +50,7 @@ class RenderOutput:
     opacity: torch.Tensor
     weights: torch.Tensor
     n_samples: int
+    foreground_opacity: torch.Tensor | None = None
 
 
 def _segment_starts(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:

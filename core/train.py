@@ -27,7 +27,7 @@ from core.config import TrainConfig
 from core.data import RayBatchStream
 from core.evaluation import composite, evaluate
 from core.fields.compose import ComposedField
-from core.loop import StepOutput, TrainingData, optimise, param_groups, prepare
+from core.loop import StepOutput, TrainingData, foreground_sparsity, optimise, param_groups, prepare
 from core.model import RadianceModel, build_model
 from core.progress import ProgressEvent, ProgressFn, StopFn, never_stop, no_progress
 from core.rays import rays_from_pixels
@@ -52,8 +52,9 @@ def ray_training(model: RadianceModel, data: TrainingData, config: TrainConfig):
         per_ray = ((out.features.float() - composite(batch.colors, bg)) ** 2).mean(-1)
         if config.pixel_sampling == "selective":
             stream.update_errors(batch, per_ray.detach())
-        loss = per_ray.mean()
-        return StepOutput(loss, float(loss.detach()), len(rays), out.n_samples)
+        mse = per_ray.mean()
+        loss = mse + foreground_sparsity(model, out, config.foreground_sparsity)
+        return StepOutput(loss, float(mse.detach()), len(rays), out.n_samples)
 
     return stream, step
 

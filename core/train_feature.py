@@ -3,8 +3,8 @@
 Training draws random image patches (core.data.PatchStream) instead of random rays: a patch of P x P
 output pixels costs (P / s)^2 rays (s = config.upsample), plus a margin of low-res rays that is rendered
 and cropped away. Losses: L1 + MSE on the full-resolution patch, and the same on the renderer's first
-skip output (the feature map's own RGB) against the block-averaged patch, which keeps colour in the 3D
-field.
+skip output (the feature map's own RGB) against the image where each low-res ray passes (`block_centres`),
+which keeps colour in the 3D field.
 
 `FeatureScene` is a TrainedScene whose `render` volume-renders the low-resolution feature map and runs
 the neural renderer; depth comes from the field at feature resolution, upsampled with the rendered
@@ -25,7 +25,7 @@ from core.errors import UserInputError
 from core.evaluation import composite
 from core.fields.feature import FeatureFieldModel, lowres_centres
 from core.fields.neural_renderer import joint_bilateral_upsample, over_background, render_tiled
-from core.loop import StepOutput, TrainingData, param_groups
+from core.loop import StepOutput, TrainingData, foreground_sparsity, param_groups
 from core.rays import rays_from_pixels
 from core.scene import RenderResult, TrainedScene
 
@@ -43,13 +43,24 @@ def image_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return diff.abs().mean() + (diff * diff).mean()
 
 
+def block_centres(image: torch.Tensor, s: int) -> torch.Tensor:
+    """(K, C, P, P) -> (K, C, P/s, P/s): the image at the centre of each s x s block, where the low-res ray
+    passes (bilinear: the mean of the central 2 x 2 pixels for even s, the central pixel for odd s). A point
+    sample like a NeRF's, not the block mean, which would ask a single ray for a blend of everything the block
+    sees and so teach the field semi-transparent, fuzzy geometry at every edge."""
+    k, c, p, _ = image.shape
+    a, b = (s - 1) // 2, s // 2 + 1
+    return image.view(k, c, p // s, s, p // s, s)[:, :, :, a:b, :, a:b].mean((3, 5))
+
+
 def patch_targets(colors: torch.Tensor, background: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
     """colors: (K, P, P, C) float32 sRGB in [0, 1] (C = 4 has alpha); background: (K, 3) one colour a patch.
-    Returns the patches on their background (K, 3, P, P) and its s x s block means (K, 3, P/s, P/s)."""
+    Returns the patches on their background (K, 3, P, P) and the low-res target (K, 3, P/s, P/s),
+    `block_centres`."""
     k, p, _, c = colors.shape
     bg = background[:, None, :].expand(k, p * p, 3).reshape(-1, 3)
     full = composite(colors.reshape(-1, c), bg).view(k, p, p, 3).permute(0, 3, 1, 2)
-    return full, F.avg_pool2d(full, s)
+    return full, block_centres(full, s)
 
 
 def patch_layout(config: TrainConfig, store: PixelStore) -> tuple[int, int]:
@@ -95,6 +106,7 @@ def patch_training(model: FeatureFieldModel, data: TrainingData, config: TrainCo
         pred = over_background(rendered.image.float(), bg)
         loss = image_loss(pred, target) + LOW_RES_WEIGHT * image_loss(
             over_background(rendered.low_res.float(), bg), target_low)
+        loss = loss + foreground_sparsity(model, out, config.foreground_sparsity)
         return StepOutput(loss, float(F.mse_loss(pred.detach(), target)), out.opacity.shape[0], out.n_samples)
 
     return stream, step, {"patch_size": size, "patches_per_batch": count}

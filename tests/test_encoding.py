@@ -65,6 +65,22 @@ def test_torch_hash_grid_equals_reference():
     assert torch.allclose(enc(x).double(), ref, atol=1e-5), (enc(x).double() - ref).abs().max()
 
 
+def test_no_points_give_an_empty_encoding():
+    """A render chunk whose rays all miss the occupied cells has no samples: (0, 3) in, (0, L F) out, and the
+    field and the model pass it through (a 200 px benchmark frame once failed on this)."""
+    from core.fields.nerf import FieldConfig, HashNerfField
+
+    cfg = HashGridConfig(n_levels=6, log2_hashmap_size=10, base_resolution=4, max_resolution=50)
+    enc = HashGridTorch(cfg)
+    x = torch.zeros(0, 3, requires_grad=True)
+    out = enc(x)
+    assert out.shape == (0, 12)
+    out.sum().backward()
+    field = HashNerfField(FieldConfig(grid=cfg, backend="torch"), contracted=False)
+    res = field(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+    assert res.density.shape == (0,) and res.features.shape == (0, 3)
+
+
 def test_custom_backward_matches_autograd():
     torch.manual_seed(1)
     enc = HashGridTorch(HashGridConfig(n_levels=6, log2_hashmap_size=10, base_resolution=4, max_resolution=50))

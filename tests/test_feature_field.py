@@ -19,7 +19,7 @@ from core.model import field_config
 from core.rays import rays_from_pixels
 from core.scene import TrainedScene
 from core.train import train
-from core.train_feature import FeatureScene
+from core.train_feature import FeatureScene, block_centres
 
 # A tiny model: seconds per dozen steps on one CPU core.
 TINY = dict(model="feature_field", device="cpu", grid_levels=6, grid_log2_size=14, grid_base_res=8,
@@ -69,6 +69,20 @@ def test_lowres_ray_is_the_centre_of_its_pixel_block():
     # Low-res pixel (1, 1) covers output pixels u 12..15, v 8..11: centre at 14.0, 10.0 in continuous
     # coordinates, i.e. integer-pixel coordinate 13.5, 9.5 (core.cameras adds the +0.5).
     assert float(u[0, 1, 1]) == 13.5 and float(v[0, 1, 1]) == 9.5
+
+
+def test_lowres_target_is_the_image_where_the_ray_passes():
+    """The low-res loss compares each ray with the image at its own position (bilinear at the block centre),
+    not with the block mean: a sharp edge inside a block stays sharp in the target."""
+    ramp = torch.arange(8.0).view(1, 1, 1, 8).expand(1, 1, 8, 8)          # value = column index u
+    for s in (2, 4, 8):
+        target = block_centres(ramp, s)
+        u, _ = lowres_centres(torch.tensor([0]), torch.tensor([0]), 8 // s, 8 // s, s)
+        assert torch.allclose(target[0, 0], u[0])                       # the ray's own u coordinate
+    edge = torch.zeros(1, 1, 4, 4)
+    edge[..., 3:] = 1.0                                                  # an edge in the block's last column
+    assert float(block_centres(edge, 4)) == 0.0                          # the block mean would say 0.25
+    assert float(block_centres(torch.arange(9.0).view(1, 1, 3, 3), 3)) == 4.0   # odd s: the centre pixel
 
 
 def test_patch_render_matches_the_whole_frame(small_capture):
@@ -224,6 +238,7 @@ def foreground_mesh(scene, resolution: int = 128):
 def test_composition_foreground_mesh_holds_the_objects_not_the_ground(synthetic_small, model):
     """Issue 6: with composition on, the foreground mesh's Chamfer distance to the objects-only mesh is
     <= 2% of the scene diagonal, and the background field carries the ground."""
+    from core.composition import density_of_part
     from core.export.quality import mesh_chamfer
 
     syn = synthetic_small
@@ -231,7 +246,7 @@ def test_composition_foreground_mesh_holds_the_objects_not_the_ground(synthetic_
     region = scene.metrics["foreground_region"]
     print("region", region, "psnr", scene.metrics.get("psnr_holdout"))
     assert region["plane"] is not None                         # the ground was found and cut off
-    mesh, level = foreground_mesh(scene)
+    mesh, _ = foreground_mesh(scene)
     diag = syn.scene_bbox_diagonal
     to_objects = mesh_chamfer(mesh, syn.objects_mesh)
     to_everything = mesh_chamfer(mesh, syn.mesh)
@@ -239,19 +254,31 @@ def test_composition_foreground_mesh_holds_the_objects_not_the_ground(synthetic_
           f"{to_everything / diag:.4f} of the diagonal; {len(mesh.faces)} faces")
     assert to_objects <= 0.02 * diag
     assert to_everything > to_objects                           # the ground is not in it
-    # The ground (top face z = 0, away from the objects) is dense in the background field only.
+    # The ground (top face z = 0, away from the objects) is in the background field only: seen from above
+    # through z = 0.1 .. -0.15, the background alone is opaque there and the foreground has no density.
     rng = np.random.default_rng(0)
     ground = np.c_[rng.uniform(-1.1, 1.1, (4000, 2)), np.full(4000, -0.01)]
     ground = ground[np.abs(ground).max(1) > 0.8]
-    assert np.median(scene.query_density(ground, part="background")) > level
-    assert np.median(scene.query_density(ground, part="foreground")) == 0
+    zs = np.arange(-0.15, 0.1, 0.01)
+    column = np.repeat(ground, len(zs), 0)
+    column[:, 2] = np.tile(zs, len(ground))
+    optical = density_of_part(scene, column, "background").reshape(len(ground), -1).sum(1) * 0.01
+    opacity = 1.0 - np.exp(-optical * scene.normalization.scale)          # density is per field-frame unit
+    print(f"background opacity over the ground: median {np.median(opacity):.3f}")
+    assert np.median(opacity) > 0.8
+    assert np.median(density_of_part(scene, ground, "foreground")) == 0
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_fox_short_run_renders_views_and_a_foreground_mesh_without_the_table(fox_dir, tmp_path):
     """Issue 6 on the real fox capture (known poses), CPU: novel views come from the neural renderer and the
-    foreground mesh holds the fox, not the table (the support plane is cut off and the mesh is compact)."""
+    foreground mesh holds the fox, not the table (the support plane is cut off and the mesh is compact).
+
+    Known failure: this capture has no table. It is a mounted fox head on a papered wall, so no upward
+    support plane exists in the foreground box (find_support_plane rightly finds none) and the short run's
+    geometry is too foggy to cut the wall instead (a plane of any orientation, tried, lands in the fog in front
+    of the fox). The assertions stay as the issue states them."""
     from PIL import Image
 
     from core.readers import read_transforms_json
@@ -288,14 +315,11 @@ def test_feature_field_against_nerf_at_the_same_budget():
     the orbit warp error (both computed here) at most 1.5x the NeRF's."""
     import os
     import sys
-    from argparse import Namespace
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from feature_bench import compare
+    from feature_bench import compare, parse_args
 
-    args = Namespace(views=24, size=96, budget=float(os.environ.get("NERFSERVE_FEATURE_BUDGET", 240)), orbit=60,
-                     device="cpu", upsample=4, feature_dim=16, patch_size=16, exact_depth_orbit=False)
-    figures = compare(args)
+    figures = compare(parse_args(["--device", "cpu", "--budget", os.environ.get("NERFSERVE_FEATURE_BUDGET", "240")]))
     print({k: figures[k] for k in ("psnr_gap_db", "render_speedup", "warp_ratio")})
     assert figures["nerf"]["orbit"]["pairs"] == 59 and figures["feature_field"]["orbit"]["pairs"] == 59
     assert figures["psnr_gap_db"] <= 1.5

@@ -101,6 +101,11 @@ class ComposedField(nn.Module):
         for name, value in (("box_min", box_min), ("box_max", box_max), ("plane", plane)):
             getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32))
 
+    @property
+    def has_plane(self) -> bool:
+        """Whether a support plane cuts the foreground region."""
+        return bool(self.plane[:3].any())
+
     def to_box(self, points_field: torch.Tensor) -> torch.Tensor:
         """(S, 3) field frame -> (S, 3) foreground-box coordinates, the box at [-1, 1]^3."""
         centre = 0.5 * (self.box_min + self.box_max)

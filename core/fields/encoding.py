@@ -138,7 +138,7 @@ class HashGridTorch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         index, w = self.corner_indices_and_weights(x)
         out = _InterpolateTable.apply(self.params, index, w, self.cfg.features_per_level)   # (L, S, F)
-        return out.permute(1, 0, 2).reshape(x.shape[0], -1)
+        return out.permute(1, 0, 2).reshape(x.shape[0], self.cfg.n_output_dims)      # (S, L F), S may be 0
 
 
 def _corners(terms, combine) -> torch.Tensor:

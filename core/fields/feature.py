@@ -27,10 +27,6 @@ from core.rays import RayBundle, rays_from_pixels
 from core.render import RenderOutput
 from core.sampling import SamplerConfig
 
-# Feed the renderer's last block with the field's encoding at each output pixel's 3D point (see
-# core.fields.neural_renderer): finer-than-feature-map detail from the 3D field.
-PIXEL_FEATURES = True
-
 
 class FeatureField(HashNerfField):
     """HashNerfField (same hash grid, density MLP, SH view encoding, appearance codes) whose head outputs
@@ -87,9 +83,9 @@ def build_field(cfg: TrainConfig, contracted: bool, n_images: int, device: torch
 
 def renderer_config(cfg: TrainConfig) -> NeuralRendererConfig:
     """The neural renderer for a feature-field config: M_f features + opacity in (`FeatureFieldModel.
-    feature_rays` layout), `cfg.upsample` x out; with PIXEL_FEATURES the hash-grid encoding at every output
+    feature_rays` layout), `cfg.upsample` x out; with cfg.pixel_features the hash-grid encoding at every output
     pixel's point goes to the last block."""
-    pixel = cfg.grid_levels * cfg.grid_features if PIXEL_FEATURES and cfg.upsample > 1 else 0
+    pixel = cfg.grid_levels * cfg.grid_features if cfg.pixel_features and cfg.upsample > 1 else 0
     return NeuralRendererConfig(in_channels=cfg.feature_dim + 1, upsample=cfg.upsample, pixel_channels=pixel)
 
 
