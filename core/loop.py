@@ -24,7 +24,6 @@ from core.capture import Capture, SceneNormalization, compute_normalization, hal
 from core.config import TrainConfig
 from core.data import PixelStore
 from core.errors import Cancelled, UserInputError
-from core.fields.compose import ComposedField
 from core.progress import ProgressEvent, ProgressFn, StopFn
 from core.render import RenderOutput
 from core.scene import resolve_device
@@ -93,13 +92,12 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
     return torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
 
 
-def foreground_sparsity(model: torch.nn.Module, out: RenderOutput, weight: float) -> torch.Tensor | float:
-    """weight x the mean foreground opacity of a training render (RenderOutput.foreground_opacity), once a
-    support plane cuts a composed field's foreground; 0 otherwise. The ground or table top the background
-    field can now explain leaves the foreground: without it, the copy the foreground learned before the
-    cut stays just above the plane, costing nothing photometrically, and ends up in the foreground mesh."""
-    field = model.field
-    if weight <= 0 or out.foreground_opacity is None or not isinstance(field, ComposedField) or not field.has_plane:
+def foreground_sparsity(out: RenderOutput, weight: float) -> torch.Tensor | float:
+    """weight x the mean foreground opacity of a training render (RenderOutput.foreground_opacity, which the
+    model sets once a support plane cuts a composed field's foreground); 0 without it. The ground or table top
+    the background field can now explain leaves the foreground: without this, the copy the foreground learned
+    before the cut stays just above the plane, costing nothing photometrically, and ends up in its mesh."""
+    if weight <= 0 or out.foreground_opacity is None:
         return 0.0
     return weight * out.foreground_opacity.mean()
 

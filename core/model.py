@@ -76,9 +76,10 @@ class RadianceModel(nn.Module):
         idx = samples.ray_indices
         out = self.field(pts, rays.directions[idx], rays.image_index[idx])
         render = volume_render(samples, out.density, out.features, background)
-        if training and isinstance(self.field, ComposedField):
-            # The foreground's own opacity along each ray (its densities alone, so that a penalty on it
-            # reaches the foreground field only, not the background in front through the transmittance).
+        if training and isinstance(self.field, ComposedField) and self.field.has_plane:
+            # The foreground's own opacity along each ray, once a support plane is cut (core.loop.
+            # foreground_sparsity): its densities alone, so that a penalty on it reaches the foreground field
+            # only, not the background in front through the transmittance.
             inside = self.field.in_foreground(pts)
             optical = torch.where(inside, out.density.float() * (samples.t_ends - samples.t_starts), 0.0)
             render.foreground_opacity = 1.0 - torch.exp(-accumulate(optical, idx, len(rays)))

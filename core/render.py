@@ -42,7 +42,7 @@ class RenderOutput:
     depth (R,) expected distance along the ray normalised by opacity, field units; depth_median (R,);
     opacity (R,) in [0, 1]; weights (S,) per sample; n_samples: int; foreground_opacity (R,) in [0, 1],
     the opacity of a composed field's foreground alone, 1 - exp(-sum of its sigma delta) (training renders
-    only, else None)."""
+    once a support plane is cut, else None)."""
 
     features: torch.Tensor
     depth: torch.Tensor

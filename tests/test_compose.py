@@ -120,8 +120,8 @@ def test_region_is_saved_with_the_state_dict():
 
 
 def test_foreground_sparsity_starts_with_the_plane_and_acts_on_the_foreground_only():
-    """Training renders of a composed model carry the foreground's opacity; the penalty is 0 until a support
-    plane is cut, then weight x its mean, and its gradient reaches the foreground field only."""
+    """Training renders of a composed model carry the foreground's opacity once a support plane is cut (the
+    penalty is 0 before), then weight x its mean, and its gradient reaches the foreground field only."""
     from core.loop import foreground_sparsity
     from core.model import RadianceModel
     from core.rays import RayBundle
@@ -135,13 +135,13 @@ def test_foreground_sparsity_starts_with_the_plane_and_acts_on_the_foreground_on
     origins = torch.tensor([[0.1, 0.0, 3.0], [-0.2, 0.2, 3.0], [2.0, 0.0, 3.0]])
     rays = RayBundle(origins, torch.tensor([[0.0, 0.0, -1.0]]).expand(3, 3), torch.ones(3), torch.full((3,), -1))
     out = model(rays, None, training=True)
+    assert out.foreground_opacity is None and foreground_sparsity(out, 0.01) == 0.0      # no plane yet
+    model.field.set_region([-0.5, -0.5, -0.5], [0.5, 0.5, 0.5], [0.0, 0.0, 1.0, 0.0])
+    out = model(rays, None, training=True)
     assert out.foreground_opacity.shape == (3,) and out.foreground_opacity[2] == 0
     assert (out.foreground_opacity <= out.opacity + 1e-6).all() and out.foreground_opacity[:2].sum() > 0
     assert model(rays, None, training=False).foreground_opacity is None
-    assert foreground_sparsity(model, out, 0.01) == 0.0                     # no plane yet
-    model.field.set_region([-0.5, -0.5, -0.5], [0.5, 0.5, 0.5], [0.0, 0.0, 1.0, 0.0])
-    out = model(rays, None, training=True)
-    loss = foreground_sparsity(model, out, 0.01)
+    loss = foreground_sparsity(out, 0.01)
     assert torch.isclose(loss, 0.01 * out.foreground_opacity.mean())
     loss.backward()
     assert model.field.foreground.encoding.params.grad.abs().sum() > 0
