@@ -242,7 +242,10 @@ def test_composition_foreground_mesh_holds_the_objects_not_the_ground(synthetic_
     from core.export.quality import mesh_chamfer
 
     syn = synthetic_small
-    scene = train(syn.capture, TrainConfig(**{**MESH_CFG, "model": model}, steps=500, composition=True))
+    # The feature field learns geometry from 24 x 24 rays a view (96 px at upsample 4): it needs more steps
+    # than the NeRF before the support plane is fitted (at 30% of them) on a surface rather than on fog.
+    steps = {"nerf": 500, "feature_field": 1500}[model]
+    scene = train(syn.capture, TrainConfig(**{**MESH_CFG, "model": model}, steps=steps, composition=True))
     region = scene.metrics["foreground_region"]
     print("region", region, "psnr", scene.metrics.get("psnr_holdout"))
     assert region["plane"] is not None                         # the ground was found and cut off
@@ -278,7 +281,10 @@ def test_fox_short_run_renders_views_and_a_foreground_mesh_without_the_table(fox
     Known failure: this capture has no table. It is a mounted fox head on a papered wall, so no upward
     support plane exists in the foreground box (find_support_plane rightly finds none) and the short run's
     geometry is too foggy to cut the wall instead (a plane of any orientation, tried, lands in the fog in front
-    of the fox). The assertions stay as the issue states them."""
+    of the fox). With the first skip's alpha tied to the field, a 1500-step run (scratch script, 14 minutes)
+    reached 23.8 dB on its training views but 16.4 dB held out, and its surface points still hold no plane
+    facing the cameras (the best, at 4x this test's tolerance, had 12% of them). The assertions stay as the
+    issue states them."""
     from PIL import Image
 
     from core.readers import read_transforms_json

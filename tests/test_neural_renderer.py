@@ -92,8 +92,9 @@ def test_tiled_render_equals_the_whole_map():
 
 
 def test_rgba_skip_starts_as_the_fields_own_render():
-    """With rgba_skip the first skip is the volume-rendered RGBA (channels 0..3) plus a conv correction that
-    starts at zero, so the field alone explains the low-res image at first, and keeps a direct path after."""
+    """With rgba_skip the first skip is the volume-rendered RGBA (channels 0..3) plus a conv correction of
+    the colour that starts at zero, so the field alone explains the low-res image at first, and keeps a
+    direct path after; its alpha stays the field's opacity."""
     torch.manual_seed(0)
     net = NeuralRenderer(NeuralRendererConfig(in_channels=7, upsample=4, width=16))
     x = torch.rand(1, 7, 5, 6) * 0.98 + 0.01
@@ -114,6 +115,8 @@ def test_rgba_skip_starts_as_the_fields_own_render():
     (out.image.mean() + out.low_res.mean()).backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # The first skip's alpha is the field's opacity whatever the convs learned (no network-made opacity).
+    assert torch.allclose(out.low_res[:, 3], x[:, 3], atol=1e-5)
     with pytest.raises(ValueError, match="input channels"):
         NeuralRenderer(NeuralRendererConfig(in_channels=3))
 

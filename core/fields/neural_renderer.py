@@ -7,10 +7,13 @@ fine. The output of the input resolution (the "first skip") is returned as well:
 the 3D field responsible for colour, hence consistent across views.
 
 With `rgba_skip` (the default) the first four input channels are the volume-rendered premultiplied RGB
-and opacity, and the first skip's logits are theirs plus the 3x3 conv's correction: the low-resolution
-output starts as exactly what the field renders (a NeRF at feature resolution), and the density is tied to
-the image's alpha as in volume rendering. The to-RGB convs start at zero, so an untrained renderer outputs
-the field's render, bilinearly upsampled (in logit space).
+and opacity. The first skip's colour logits are the field's plus the 3x3 conv's correction, and its alpha
+is the field's opacity, uncorrected: the low-resolution output starts as exactly what the field renders (a
+NeRF at feature resolution), and its alpha stays tied to the density as in volume rendering. (With a
+correction on alpha too, the network learned to make a faint field look opaque: the synthetic ground
+stayed a thin fog the 2D network painted over, so depth, meshes and the foreground / background split were
+wrong.) The to-RGB convs start at zero, so an untrained renderer outputs the field's render, bilinearly
+upsampled (in logit space).
 
 With `pixel_channels` > 0 the last block also receives per-output-pixel features (B, G, H, W), added
 through a 1x1 conv before its activation: the field's encoding at each output pixel's own 3D point (its
@@ -114,7 +117,10 @@ class NeuralRenderer(nn.Module):
         widths = cfg.widths()
         self.blocks = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, padding=1)
                                     for i in range(cfg.n_blocks))
-        self.to_rgb = nn.ModuleList(nn.Conv2d(w, OUT_CHANNELS, 3, padding=1) for w in widths)
+        # With rgba_skip the first to-RGB conv corrects colour only (alpha is the field's opacity).
+        first_out = 3 if cfg.rgba_skip else OUT_CHANNELS
+        self.to_rgb = nn.ModuleList(nn.Conv2d(w, first_out if i == 0 else OUT_CHANNELS, 3, padding=1)
+                                    for i, w in enumerate(widths))
         if cfg.rgba_skip:
             if cfg.in_channels < OUT_CHANNELS:
                 raise ValueError(f"rgba_skip needs >= {OUT_CHANNELS} input channels, got {cfg.in_channels}")
@@ -138,7 +144,7 @@ class NeuralRenderer(nn.Module):
         net = features
         logits = self.to_rgb[0](net)
         if self.cfg.rgba_skip:
-            logits = logits + logit(net[:, :OUT_CHANNELS])
+            logits = F.pad(logits, (0, 0, 0, 0, 0, 1)) + logit(net[:, :OUT_CHANNELS])
         low_res = torch.sigmoid(logits)
         last = len(self.blocks) - 1
         for i, (block, to_rgb) in enumerate(zip(self.blocks, self.to_rgb[1:], strict=True)):
