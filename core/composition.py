@@ -107,9 +107,9 @@ def foreground_region_world(field: ComposedField, norm: SceneNormalization) -> d
     """The foreground region in the input frame: {"box_min", "box_max": (3,) lists, "plane": [nx, ny, nz, d]
     (points with n . x >= d are kept) or None}."""
     lo, hi = (norm.to_world(b.detach().cpu().numpy().astype(np.float64)) for b in (field.box_min, field.box_max))
-    plane = field.plane.detach().cpu().numpy().astype(np.float64)
-    if not plane[:3].any():
+    if not field.has_plane:
         return {"box_min": lo.tolist(), "box_max": hi.tolist(), "plane": None}
+    plane = field.plane.detach().cpu().numpy().astype(np.float64)
     # n . x_field >= d with x_field = (x - c) s  <=>  n . x >= d / s + n . c
     d_world = plane[3] / norm.scale + plane[:3] @ np.asarray(norm.center)
     return {"box_min": lo.tolist(), "box_max": hi.tolist(), "plane": [*plane[:3].tolist(), float(d_world)]}

@@ -144,6 +144,7 @@ class NeuralRenderer(nn.Module):
         net = features
         logits = self.to_rgb[0](net)
         if self.cfg.rgba_skip:
+            # A zero alpha channel after the colour correction: the field's own opacity comes through as is.
             logits = F.pad(logits, (0, 0, 0, 0, 0, 1)) + logit(net[:, :OUT_CHANNELS])
         low_res = torch.sigmoid(logits)
         last = len(self.blocks) - 1
