@@ -1,5 +1,5 @@
 """Foreground / background composition (GIRAFFE's operator, core.fields.compose) applied to a capture:
-the foreground box in the input frame, the support plane (ground, table top) cut off the foreground so
+the foreground box in the input frame, the support plane (ground, table top, wall) cut off the foreground so
 the background field carries it, and one part of a composed scene as a density for the mesh exporter."""
 
 from __future__ import annotations
@@ -35,26 +35,23 @@ def set_foreground_box(field: ComposedField, norm: SceneNormalization, box_world
     field.set_region(lo.tolist(), hi.tolist())
 
 
-def camera_up(c2w: np.ndarray) -> np.ndarray:
-    """(3,) float64 unit vector: the mean of the cameras' up axes (-y in OpenCV axes). c2w: (N, 4, 4)."""
-    up = -np.asarray(c2w)[:, :3, 1].mean(0)
-    return up / max(np.linalg.norm(up), 1e-12)
+def fit_support_plane(points: np.ndarray, cameras: np.ndarray, tol: float, min_fraction: float = 0.15,
+                      min_camera_fraction: float = 0.95, iters: int = 512, seed: int = 0) -> np.ndarray | None:
+    """The dominant support plane (ground, table top, wall) among surface points: RANSAC, then least squares
+    on the inliers.
 
+    A support is seen from one side only, so a candidate plane counts only when at least min_camera_fraction
+    of the cameras lie on one side of it (that side is kept); a plane through the object, which the cameras
+    circle, fails this whatever its orientation. The best must hold min_fraction of the points.
 
-def fit_support_plane(points: np.ndarray, up: np.ndarray, tol: float, min_fraction: float = 0.15,
-                      max_tilt_deg: float = 30.0, iters: int = 256, seed: int = 0) -> np.ndarray | None:
-    """The dominant plane facing `up` among surface points (RANSAC, then least squares on the inliers).
-
-    points: (N, 3) float64 surface points, any frame; up: (3,) unit, same frame; tol: inlier distance,
-    same units. Planes tilted more than max_tilt_deg from horizontal (w.r.t. up) are ignored, and the best
-    must hold min_fraction of the points. Returns [nx, ny, nz, d] (float64, n unit with n . up > 0; the
-    points above are n . x >= d), shifted up by 3 standard deviations of the inliers' residuals (at
-    least tol), so that the plane's own surface lies below it; or None.
+    points: (N, 3) float64 surface points, any frame; cameras: (C, 3) float64 camera centres, same frame;
+    tol: inlier distance, same units. Returns [nx, ny, nz, d] (float64, n unit, pointing to the cameras' side:
+    the points kept are n . x >= d), shifted towards the cameras by 3 standard deviations of the inliers'
+    residuals (at least tol), so that the plane's own surface lies behind it; or None.
     """
     if len(points) < 3:
         return None
     rng = np.random.default_rng(seed)
-    cos_max = np.cos(np.deg2rad(max_tilt_deg))
     best, best_count = None, 0
     for _ in range(iters):
         a, b, c = points[rng.choice(len(points), 3, replace=False)]
@@ -62,24 +59,32 @@ def fit_support_plane(points: np.ndarray, up: np.ndarray, tol: float, min_fracti
         norm = np.linalg.norm(n)
         if norm < 1e-12:
             continue
-        n = n / norm * np.sign(n @ up or 1.0)
-        if n @ up < cos_max:
+        n, d = oriented_plane(n / norm, n @ a / norm, cameras)
+        if np.mean(cameras @ n > d) < min_camera_fraction:
             continue
-        count = int((np.abs(points @ n - n @ a) < tol).sum())
+        count = int((np.abs(points @ n - d) < tol).sum())
         if count > best_count:
-            best, best_count = (n, n @ a), count
+            best, best_count = (n, d), count
     if best is None or best_count < min_fraction * len(points):
         return None
     inliers = points[np.abs(points @ best[0] - best[1]) < tol]
     centre = inliers.mean(0)
     n = np.linalg.svd(inliers - centre)[2][-1]
-    n = n * np.sign(n @ up or 1.0)
-    residual = (inliers - centre) @ n
-    return np.array([*n, n @ centre + max(3.0 * residual.std(), tol)])
+    n, d = oriented_plane(n, n @ centre, cameras)
+    residual = inliers @ n - d
+    return np.array([*n, d + max(3.0 * residual.std(), tol)])
+
+
+def oriented_plane(n: np.ndarray, d: float, cameras: np.ndarray) -> tuple[np.ndarray, float]:
+    """The plane n . x = d (n: (3,) unit) with its normal flipped, if need be, to the side that holds most
+    of `cameras` (C, 3), same frame."""
+    if np.mean(cameras @ n > d) < 0.5:
+        n, d = -n, -d
+    return n, float(d)
 
 
 def find_support_plane(scene: TrainedScene, indices: list[int], tol_fraction: float = 0.01) -> np.ndarray | None:
-    """The support plane (ground, table top) under a composed field's foreground, in the field frame.
+    """The support plane (ground, table top, wall) of a composed field's foreground, in the field frame.
 
     Renders the capture cameras `indices` at PLANE_SIDE px, keeps the opaque surface points inside the
     foreground box and fits `fit_support_plane` with a tolerance of tol_fraction x the box diagonal.
@@ -100,7 +105,8 @@ def find_support_plane(scene: TrainedScene, indices: list[int], tol_fraction: fl
         return None
     pts = np.concatenate(pts)
     pts = pts[((pts >= lo) & (pts <= hi)).all(1)]
-    return fit_support_plane(pts, camera_up(scene.c2w), tol_fraction * float(np.linalg.norm(hi - lo)))
+    cameras = scene.normalization.to_field(np.asarray(scene.c2w)[:, :3, 3])
+    return fit_support_plane(pts, cameras, tol_fraction * float(np.linalg.norm(hi - lo)))
 
 
 def foreground_region_world(field: ComposedField, norm: SceneNormalization) -> dict:
@@ -138,8 +144,8 @@ def density_of_part(scene: TrainedScene, points_world: np.ndarray, part: str, ch
 
 def crop_to_foreground(mesh: trimesh.Trimesh, scene: TrainedScene) -> trimesh.Trimesh:
     """The faces of `mesh` (input frame) whose vertices all lie in the scene's foreground region: inside
-    its box and above its support plane (scene.metrics["foreground_region"], `foreground_region_world`).
-    Raises UserInputError for a scene trained without composition."""
+    its box and on the cameras' side of its support plane (scene.metrics["foreground_region"],
+    `foreground_region_world`). Raises UserInputError for a scene trained without composition."""
     region = scene.metrics.get("foreground_region") if isinstance(scene.model.field, ComposedField) else None
     if region is None:
         raise UserInputError("mesh_part_needs_composition", "mesh part 'foreground' needs a model trained with "

@@ -5,8 +5,8 @@ asks for and runs core.loop.optimise with that model's step:
 - "nerf" / "reference": random rays from every training pixel (core.data.RayBatchStream), MSE;
 - "feature_field": random image patches through the neural renderer (core.train_feature).
 With `config.composition` the field is a foreground field in a box plus a contracted background field
-(core.composition), for either model; partway through, the support plane under the foreground is cut
-off it, so the background carries the ground or the table.
+(core.composition), for either model; partway through, the foreground's support plane is cut off it,
+so the background carries the ground, the table or the wall.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def train(capture: Capture, config: TrainConfig, progress: ProgressFn = no_progr
     (on up to `config.eval_max_views` views, or 2) is measured every that many steps and stored as
     metrics["holdout_curve"] = [{step, seconds, psnr}], seconds of training excluding the evaluations.
     With config.composition: foreground_box is (min (3,), max (3,)) in the input frame (default: the
-    region the cameras look at); support_plane cuts the dominant upward plane in it off the foreground.
+    region the cameras look at); support_plane cuts the dominant plane in it that the cameras see from one side (ground,
+    table top, wall) off the foreground.
     """
     data = prepare(capture, config)
     model = build_model(config, data.normalization.mode == "unbounded", len(data.train_indices), data.device)

@@ -149,28 +149,40 @@ def test_foreground_sparsity_starts_with_the_plane_and_acts_on_the_foreground_on
         model.field.background.encoding.params.grad.abs().sum() == 0
 
 
-def test_support_plane_is_found_under_objects_and_not_invented():
-    from core.composition import camera_up, fit_support_plane
+def _camera_ring(n: int, radius: float, height: float, arc_deg: float = 360.0) -> np.ndarray:
+    """(n, 3) camera centres on a horizontal arc (degrees from +x) around the z axis at `height`."""
+    a = np.deg2rad(np.linspace(-arc_deg / 2, arc_deg / 2, n, endpoint=arc_deg < 360))
+    return np.c_[radius * np.cos(a), radius * np.sin(a), np.full(n, height)]
+
+
+def test_support_plane_is_the_plane_the_cameras_see_from_one_side():
+    from core.composition import fit_support_plane
 
     rng = np.random.default_rng(0)
-    up = np.array([0.0, 0.0, 1.0])
     ground = np.c_[rng.uniform(-1, 1, (3000, 2)), rng.normal(0.2, 0.004, 3000)]        # the plane z = 0.2
     sphere = rng.normal(size=(1500, 3))
     sphere = sphere / np.linalg.norm(sphere, axis=1, keepdims=True) * 0.3 + [0.3, 0.2, 0.5]
-    wall = np.c_[rng.uniform(-1, 1, 800), np.full(800, 0.9), rng.uniform(0.2, 1.0, 800)]  # vertical: ignored
-    plane = fit_support_plane(np.concatenate([ground, sphere, wall]), up, tol=0.02)
+    # A vertical panel the cameras circle (they see both of its faces): not a support.
+    panel = np.c_[rng.uniform(-1, 1, 2000), rng.normal(0.9, 0.004, 2000), rng.uniform(0.2, 1.0, 2000)]
+    ring = _camera_ring(16, 3.0, 1.5)
+    plane = fit_support_plane(np.concatenate([ground, sphere, panel]), ring, tol=0.02)
     assert plane is not None
-    assert np.allclose(plane[:3], up, atol=0.02)
+    assert np.allclose(plane[:3], [0, 0, 1], atol=0.02)
     assert 0.2 + 0.01 <= plane[3] <= 0.2 + 0.03          # just above the ground's own surface
     assert (sphere @ plane[:3] >= plane[3]).mean() > 0.9  # the object stays above it
-    # A tilted frame: the same scene rotated 20 degrees about x is found with the same offset.
+    # Without the ground, the panel is the largest plane, but cameras on both sides of it rule it out.
+    assert fit_support_plane(np.concatenate([sphere, panel]), ring, tol=0.02) is None
+    # Only the object (no dominant plane): none.
+    assert fit_support_plane(sphere, ring, tol=0.02) is None
+    # A mounted head: the wall x = -0.5 behind the sphere, the cameras on an arc in front of it. The wall is
+    # cut, just in front of its surface, and the sphere stays on the cameras' side.
+    wall = np.c_[rng.normal(-0.5, 0.004, 3000), rng.uniform(-1, 1, (3000, 2))]
+    front = _camera_ring(12, 3.0, 0.5, arc_deg=150)
+    plane = fit_support_plane(np.concatenate([wall, sphere]), front, tol=0.02)
+    assert plane is not None and np.allclose(plane[:3], [1, 0, 0], atol=0.02)
+    assert -0.5 + 0.01 <= plane[3] <= -0.5 + 0.03 and (sphere @ plane[:3] >= plane[3]).mean() > 0.9
+    # Any frame: the same scene rotated (cameras too) gives the same plane, rotated.
     c, s = np.cos(np.deg2rad(20)), np.sin(np.deg2rad(20))
     rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-    tilted = fit_support_plane(np.concatenate([ground, sphere, wall]) @ rot.T, rot @ up, tol=0.02)
-    assert np.allclose(tilted[:3], rot @ up, atol=0.02) and abs(tilted[3] - plane[3]) < 0.01
-    # Only the object (no dominant plane): none.
-    assert fit_support_plane(sphere, up, tol=0.02) is None
-    # Cameras' up axis: -y of OpenCV cameras, averaged.
-    c2w = np.tile(np.eye(4), (2, 1, 1))
-    c2w[:, :3, 1] = [[0, 0, -1], [0.1, 0, -1]]
-    assert np.allclose(camera_up(c2w), [-0.05, 0, 1] / np.linalg.norm([-0.05, 0, 1]))
+    tilted = fit_support_plane(np.concatenate([wall, sphere]) @ rot.T, front @ rot.T, tol=0.02)
+    assert np.allclose(tilted[:3], rot @ [1, 0, 0], atol=0.02) and abs(tilted[3] - plane[3]) < 0.01
