@@ -26,6 +26,8 @@ class JobOptions(BaseModel):
     upsample: Literal[1, 2, 4, 8] = Field(4, description="feature_field: neural renderer upsampling (2^n)")
     composition: Literal["on", "off"] = Field("off", description="foreground (the region the cameras look at) "
                                               "+ background fields; enables mesh_part foreground")
+    margin_loss: Literal["on", "off"] = Field("off", description="feature_field: also supervise the colour of the "
+                                              "rays around each training patch (better on real captures)")
     mesh_method: Literal["auto", "density", "tsdf"] = "auto"
     mesh_part: Literal["all", "foreground"] = Field("all", description="foreground needs composition on")
     mesh_resolution: int = Field(256, ge=32, le=1024)

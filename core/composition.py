@@ -86,8 +86,9 @@ def oriented_plane(n: np.ndarray, d: float, cameras: np.ndarray) -> tuple[np.nda
 def find_support_plane(scene: TrainedScene, indices: list[int], tol_fraction: float = 0.01) -> np.ndarray | None:
     """The support plane (ground, table top, wall) of a composed field's foreground, in the field frame.
 
-    Renders the capture cameras `indices` at PLANE_SIDE px, keeps the opaque surface points inside the
-    foreground box and fits `fit_support_plane` with a tolerance of tol_fraction x the box diagonal.
+    Renders the capture cameras `indices` at PLANE_SIDE px (depth from a ray at every pixel), keeps the
+    opaque surface points inside the foreground box and fits `fit_support_plane` with a tolerance of
+    tol_fraction x the box diagonal.
     Returns [nx, ny, nz, d] (field frame) or None.
     """
     field = scene.model.field
@@ -97,7 +98,7 @@ def find_support_plane(scene: TrainedScene, indices: list[int], tol_fraction: fl
         k = scene.intrinsics[i]
         scale = min(1.0, PLANE_SIDE / max(k.width, k.height))
         k = k.scaled(max(1, round(k.width * scale)), max(1, round(k.height * scale)))
-        r = scene.render(scene.c2w[i], k)
+        r = scene.render(scene.c2w[i], k, exact_depth=True)   # a feature field's depth at every pixel
         ok = r.opacity >= 0.9
         if ok.any():
             pts.append(scene.normalization.to_field(backproject_depth(r.depth_median, scene.c2w[i], k)[ok]))

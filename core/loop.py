@@ -94,9 +94,10 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
 
 def foreground_sparsity(out: RenderOutput, weight: float) -> torch.Tensor | float:
     """weight x the mean foreground opacity of a training render (RenderOutput.foreground_opacity, which the
-    model sets once a support plane cuts a composed field's foreground); 0 without it. The ground or table top
-    the background field can now explain leaves the foreground: without this, the copy the foreground learned
-    before the cut stays just above the plane, costing nothing photometrically, and ends up in its mesh."""
+    model sets once a support plane cuts a composed field's foreground); 0 without it. The ground, table top or
+    wall the background field can now explain leaves the foreground: without this, the copy the foreground
+    learned before the cut stays just in front of the plane, costing nothing photometrically, and ends up in
+    its mesh."""
     if weight <= 0 or out.foreground_opacity is None:
         return 0.0
     return weight * out.foreground_opacity.mean()

@@ -37,7 +37,8 @@ STAGE_STATE = {"ingest": "estimating_poses", "poses": "estimating_poses", "train
 STAGE_BAND = {"ingest": (0.0, 5.0), "poses": (5.0, 25.0), "train": (25.0, 90.0), "export": (90.0, 100.0)}
 # Which option invalidates which stage (a restart with new options re-runs from the earliest one).
 OPTION_STAGE = {"max_image_size": "ingest", "matcher": "poses", "preset": "train", "model": "train",
-                "feature_dim": "train", "upsample": "train", "composition": "train", "mesh_part": "export",
+                "feature_dim": "train", "upsample": "train", "composition": "train", "margin_loss": "train",
+                "mesh_part": "export",
                 "steps": "train", "device": "train", "outputs": "export", "mesh_method": "export",
                 "mesh_resolution": "export"}
 
@@ -48,7 +49,8 @@ class PipelineOptions:
 
     preset: "fast" | "balanced" | "quality" (core.train.TrainConfig.preset).
     model: "nerf" | "feature_field"; feature_dim, upsample: the feature field's; composition: "on" | "off"
-        (a foreground field plus a contracted background field).
+        (a foreground field plus a contracted background field); margin_loss: "on" | "off" (the feature
+        field's TrainConfig.margin_loss).
     mesh_part: "all" | "foreground" (needs composition on).
     outputs: export kinds, from {"depth", "mesh", "tsdf", "pointcloud", "views", "video"}.
     max_image_size: longest image side in pixels after ingest.
@@ -61,6 +63,7 @@ class PipelineOptions:
     feature_dim: int = 16
     upsample: int = 4
     composition: str = "off"
+    margin_loss: str = "off"
     outputs: tuple[str, ...] = ("depth", "mesh", "views")
     mesh_method: str = "auto"
     mesh_part: str = "all"
@@ -266,7 +269,8 @@ def train_config(options: PipelineOptions, device: str | None = None):
     from core.config import TrainConfig
 
     over: dict = {"model": options.model, "device": device or options.device, "feature_dim": options.feature_dim,
-                  "upsample": options.upsample, "composition": options.composition == "on"}
+                  "upsample": options.upsample, "composition": options.composition == "on",
+                  "margin_loss": options.margin_loss == "on"}
     if options.steps:
         # A short run still checkpoints about ten times, so a crashed worker loses little.
         base = TrainConfig.preset(options.preset)

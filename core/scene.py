@@ -54,9 +54,10 @@ class TrainedScene:
     @torch.no_grad()
     def render(self, c2w: np.ndarray, intrinsics: Intrinsics, width: int | None = None,
                height: int | None = None, chunk: int = 65536, background=(1.0, 1.0, 1.0),
-               image_index: int = -1) -> RenderResult:
+               image_index: int = -1, exact_depth: bool = False) -> RenderResult:
         """Render one view. c2w: (4, 4) input frame, OpenCV axes. Rays are built chunk by chunk, so a
-        4032x3024 frame needs memory for one chunk of rays plus the output images only."""
+        4032x3024 frame needs memory for one chunk of rays plus the output images only. A ray a pixel, so
+        the depth is always exact (exact_depth is there for the FeatureScene's interface)."""
         self.model.eval()
         width = width or intrinsics.width
         height = height or intrinsics.height

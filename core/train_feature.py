@@ -1,10 +1,11 @@
 """The feature-field model's training step and its scene (GIRAFFE design; core.train runs the loop).
 
 Training draws random image patches (core.data.PatchStream) instead of random rays: a patch of P x P
-output pixels costs (P / s)^2 rays (s = config.upsample), plus a margin of low-res rays that is rendered
-and cropped away. Losses: L1 + MSE on the full-resolution patch, and the same on the renderer's first
-skip output (the feature map's own RGB) against the image where each low-res ray passes (`block_centres`),
-which keeps colour in the 3D field.
+output pixels costs (P / s)^2 rays (s = config.upsample), plus a margin of low-res rays around it, which
+the renderer's convolutions see as context and which are cropped from its output. Losses: L1 + MSE on the
+full-resolution patch, and the same on the renderer's first skip output (the feature map's own RGB) against
+the image where each of the patch's rays passes (`block_centres`; with config.margin_loss, the margin's rays
+too), which keeps colour in the 3D field.
 
 `FeatureScene` is a TrainedScene whose `render` volume-renders the low-resolution feature map and runs
 the neural renderer; depth comes from the field at feature resolution, upsampled with the rendered
@@ -63,16 +64,24 @@ def patch_targets(colors: torch.Tensor, background: torch.Tensor, s: int) -> tup
     return full, block_centres(full, s)
 
 
+def margin_pixels(config: TrainConfig) -> int:
+    """Pixels on each side of a patch that the stream fetches with it: the margin rays' (PATCH_MARGIN x
+    upsample) with config.margin_loss, so their first-skip colour can be supervised; else 0."""
+    return PATCH_MARGIN * config.upsample if config.margin_loss else 0
+
+
 def patch_layout(config: TrainConfig, store: PixelStore) -> tuple[int, int]:
-    """(patch size P, patches per batch K): P = config.patch_size (a multiple of config.upsample, at most
-    the smallest image side); K so that a batch renders about config.batch_rays low-res rays, the
-    PATCH_MARGIN rays around each patch included (so a step costs the field what a NeRF step does)."""
-    s = config.upsample
+    """(patch size P, patches per batch K): P = config.patch_size (a multiple of config.upsample s, such that
+    the patch and the margin the stream fetches with it, `margin_pixels`, fit the smallest image side); K so
+    that a batch renders about config.batch_rays low-res rays, the PATCH_MARGIN rays around each patch
+    included (so a step costs the field what a NeRF step does)."""
+    s, ms = config.upsample, margin_pixels(config)
     smallest = int(min(store.widths.min(), store.heights.min()))
-    size = min(config.patch_size, smallest) // s * s
+    size = min(config.patch_size, smallest - 2 * ms) // s * s
     if size < s:
         raise UserInputError("images_too_small", f"the smallest training image side is {smallest} px, less "
-                             f"than the feature-field upsampling {s}.", "Use larger images or a smaller --upsample.")
+                             f"than {s + 2 * ms} px, the smallest patch the feature field trains on at "
+                             f"upsampling {s}.", "Use larger images or a smaller --upsample.")
     return size, max(PATCHES_MIN, config.batch_rays // (size // s + 2 * PATCH_MARGIN) ** 2)
 
 
@@ -92,8 +101,12 @@ def patch_training(model: FeatureFieldModel, data: TrainingData, config: TrainCo
     """(stream, step_fn, metrics) for patch training (see the module docstring); metrics records the
     patch layout."""
     size, count = patch_layout(config, data.store)
-    s = config.upsample
-    stream = PatchStream(data.store, size, count, data.device, seed=config.seed)
+    s, ms = config.upsample, margin_pixels(config)
+    # With margin_loss the stream's patches include the margin: its rays are rendered anyway (context for the
+    # renderer's convolutions), so their first-skip colour is supervised too; the full-resolution loss stays
+    # on the patch. Without it, the first skip is supervised on the patch's own rays.
+    low = slice(None) if ms else slice(PATCH_MARGIN, size // s + PATCH_MARGIN)
+    stream = PatchStream(data.store, size + 2 * ms, count, data.device, seed=config.seed)
     white = torch.ones(1, 3, device=data.device)
 
     def step(batch) -> StepOutput:
@@ -101,11 +114,12 @@ def patch_training(model: FeatureFieldModel, data: TrainingData, config: TrainCo
         # Random backgrounds (one colour a patch) where images have alpha, so empty space learns to be empty.
         bg = torch.rand(len(idx), 3, device=data.device) if data.store.channels == 4 else white.expand(len(idx), 3)
         target, target_low = patch_targets(batch.colors, bg, s)
-        rendered, out = model.patches(data.c2w_field[idx], data.params[idx], idx, batch.u0, batch.v0, size,
-                                      PATCH_MARGIN, training=True)
+        target = target[:, :, ms:ms + size, ms:ms + size]
+        rendered, out = model.patches(data.c2w_field[idx], data.params[idx], idx, batch.u0 + ms, batch.v0 + ms,
+                                      size, PATCH_MARGIN, training=True)
         pred = over_background(rendered.image.float(), bg)
         loss = image_loss(pred, target) + LOW_RES_WEIGHT * image_loss(
-            over_background(rendered.low_res.float(), bg), target_low)
+            over_background(rendered.low_res[:, :, low, low].float(), bg), target_low)
         loss = loss + foreground_sparsity(out, config.foreground_sparsity)
         return StepOutput(loss, float(F.mse_loss(pred.detach(), target)), out.opacity.shape[0], out.n_samples)
 

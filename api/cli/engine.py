@@ -31,6 +31,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature-dim", type=int)
     p.add_argument("--upsample", type=int)
     p.add_argument("--composition", choices=["on", "off"])
+    p.add_argument("--margin-loss", choices=["on", "off"],
+                   help="feature_field: also supervise the colour of the rays around each patch")
     p.add_argument("--renders", type=int, default=3, help="held-out views to save as PNG")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints in OUT/checkpoints")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in OUT/checkpoints")
@@ -53,6 +55,7 @@ def train_config_from_args(args: argparse.Namespace):
         "sampler": args.sampler, "pixel_sampling": args.pixel_sampling, "scene_mode": args.scene_mode,
         "max_side": args.max_side, "feature_dim": args.feature_dim, "upsample": args.upsample,
         "composition": None if args.composition is None else args.composition == "on",
+        "margin_loss": None if args.margin_loss is None else args.margin_loss == "on",
         "checkpoint_every": args.checkpoint_every}.items() if v is not None}
     return TrainConfig.preset(args.preset, **overrides)
 

@@ -165,8 +165,9 @@ class FeatureFieldModel(RadianceModel):
         c2w_field: (K, 4, 4) float32 field frame; params: (K, 8) intrinsics; image_index, u0, v0: (K,) int64.
         margin: extra low-res rays on each side, rendered and cropped away, so the patch's border pixels
         see neighbours as in a whole-frame render.
-        Returns the renderer output cropped to the patch (image (K, 4, size, size), low_res (K, 4, n, n)
-        with n = size / s) and the volume render of all K (n + 2 margin)^2 rays.
+        Returns the renderer output (image cropped to the patch: (K, 4, size, size); low_res, the first skip's
+        RGBA at every rendered ray, margin included: (K, 4, n, n) with n = size / s + 2 margin) and the volume
+        render of all K n^2 rays.
         """
         s = self.upsample
         if size % s:
@@ -183,10 +184,8 @@ class FeatureFieldModel(RadianceModel):
             z = (out.depth * rays.z_scale).detach().view(k, n, n)
             pixels = self.pixel_features(c2w_field, params, u0 - margin * s, v0 - margin * s, z)
         rendered = self.renderer(fmap, pixels)
-        lo, hi = margin, n - margin
-        cropped = RendererOutput(rendered.image[:, :, lo * s:hi * s, lo * s:hi * s],
-                                 rendered.low_res[:, :, lo:hi, lo:hi])
-        return cropped, out
+        lo, hi = margin * s, (n - margin) * s
+        return RendererOutput(rendered.image[:, :, lo:hi, lo:hi], rendered.low_res), out
 
 
 def build_feature_model(cfg: TrainConfig, contracted: bool, n_images: int, device: torch.device
