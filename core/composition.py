@@ -41,15 +41,17 @@ def fit_support_plane(points: np.ndarray, cameras: np.ndarray, tol: float, min_f
     on the inliers.
 
     A support is seen from one side only, so a candidate plane counts only when at least min_camera_fraction
-    of the cameras lie on one side of it (that side is kept); a plane through the object, which the cameras
-    circle, fails this whatever its orientation. The best must hold min_fraction of the points.
+    of the cameras lie on one side of it (that side is kept); a plane through an object the cameras circle
+    fails this. A plane that every camera happens to see from one side (an object's flat face in a
+    forward-facing capture) passes it, and then only the point count decides; the best must hold min_fraction
+    of the points, and only one plane is cut (a desk object before a wall loses the larger of the two).
 
     points: (N, 3) float64 surface points, any frame; cameras: (C, 3) float64 camera centres, same frame;
     tol: inlier distance, same units. Returns [nx, ny, nz, d] (float64, n unit, pointing to the cameras' side:
     the points kept are n . x >= d), shifted towards the cameras by 3 standard deviations of the inliers'
     residuals (at least tol), so that the plane's own surface lies behind it; or None.
     """
-    if len(points) < 3:
+    if len(points) < 3 or len(cameras) == 0:
         return None
     rng = np.random.default_rng(seed)
     best, best_count = None, 0
@@ -71,8 +73,10 @@ def fit_support_plane(points: np.ndarray, cameras: np.ndarray, tol: float, min_f
     centre = inliers.mean(0)
     n = np.linalg.svd(inliers - centre)[2][-1]
     n, d = oriented_plane(n, n @ centre, cameras)
-    residual = inliers @ n - d
-    return np.array([*n, d + max(3.0 * residual.std(), tol)])
+    d = d + max(3.0 * (inliers @ n - d).std(), tol)
+    if np.mean(cameras @ n > d) < min_camera_fraction:        # the refit or the shift moved it past cameras
+        return None
+    return np.array([*n, d])
 
 
 def oriented_plane(n: np.ndarray, d: float, cameras: np.ndarray) -> tuple[np.ndarray, float]:

@@ -85,7 +85,8 @@ def orbit_consistency(scene: TrainedScene, c2w: np.ndarray, intrinsics: Intrinsi
     "render_seconds"}: the flicker a 2D renderer may add between nearby views shows up as a larger figure.
     """
     t = time.perf_counter()
-    frames = [scene.render(p, intrinsics, exact_depth=exact_depth) for p in c2w]
+    extra = {"exact_depth": True} if exact_depth else {}
+    frames = [scene.render(p, intrinsics, **extra) for p in c2w]
     seconds = time.perf_counter() - t
     errors, covisible = [], []
     for a, b, pa, pb in zip(frames[:-1], frames[1:], c2w[:-1], c2w[1:], strict=True):

@@ -66,7 +66,9 @@ def patch_targets(colors: torch.Tensor, background: torch.Tensor, s: int) -> tup
 
 def margin_pixels(config: TrainConfig) -> int:
     """Pixels on each side of a patch that the stream fetches with it: the margin rays' (PATCH_MARGIN x
-    upsample) with config.margin_loss, so their first-skip colour can be supervised; else 0."""
+    upsample) with config.margin_loss, so their first-skip colour can be supervised; else 0. The fetched
+    block lies inside its image, so with margin_loss an image's outer margin_pixels never get the
+    full-resolution loss (the margin rays' first skip still covers them)."""
     return PATCH_MARGIN * config.upsample if config.margin_loss else 0
 
 
@@ -81,7 +83,7 @@ def patch_layout(config: TrainConfig, store: PixelStore) -> tuple[int, int]:
     if size < s:
         raise UserInputError("images_too_small", f"the smallest training image side is {smallest} px, less "
                              f"than {s + 2 * ms} px, the smallest patch the feature field trains on at "
-                             f"upsampling {s}.", "Use larger images or a smaller --upsample.")
+                             f"upsampling {s}.", "Use larger images, a smaller --upsample, or --margin-loss off.")
     return size, max(PATCHES_MIN, config.batch_rays // (size // s + 2 * PATCH_MARGIN) ** 2)
 
 

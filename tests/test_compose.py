@@ -172,8 +172,9 @@ def test_support_plane_is_the_plane_the_cameras_see_from_one_side():
     assert (sphere @ plane[:3] >= plane[3]).mean() > 0.9  # the object stays above it
     # Without the ground, the panel is the largest plane, but cameras on both sides of it rule it out.
     assert fit_support_plane(np.concatenate([sphere, panel]), ring, tol=0.02) is None
-    # Only the object (no dominant plane): none.
+    # Only the object (no dominant plane): none. No cameras: nothing to tell a support by.
     assert fit_support_plane(sphere, ring, tol=0.02) is None
+    assert fit_support_plane(ground, np.zeros((0, 3)), tol=0.02) is None
     # A mounted head: the wall x = -0.5 behind the sphere, the cameras on an arc in front of it. The wall is
     # cut, just in front of its surface, and the sphere stays on the cameras' side.
     wall = np.c_[rng.normal(-0.5, 0.004, 3000), rng.uniform(-1, 1, (3000, 2))]
