@@ -38,9 +38,8 @@ STAGE_BAND = {"ingest": (0.0, 5.0), "poses": (5.0, 25.0), "train": (25.0, 90.0),
 # Which option invalidates which stage (a restart with new options re-runs from the earliest one).
 OPTION_STAGE = {"max_image_size": "ingest", "matcher": "poses", "preset": "train", "model": "train",
                 "feature_dim": "train", "upsample": "train", "composition": "train", "margin_loss": "train",
-                "mesh_part": "export",
-                "steps": "train", "device": "train", "outputs": "export", "mesh_method": "export",
-                "mesh_resolution": "export"}
+                "steps": "train", "device": "train", "mesh_part": "export", "outputs": "export",
+                "mesh_method": "export", "mesh_resolution": "export"}
 
 
 @dataclass

@@ -71,8 +71,8 @@ def train(capture: Capture, config: TrainConfig, progress: ProgressFn = no_progr
     (on up to `config.eval_max_views` views, or 2) is measured every that many steps and stored as
     metrics["holdout_curve"] = [{step, seconds, psnr}], seconds of training excluding the evaluations.
     With config.composition: foreground_box is (min (3,), max (3,)) in the input frame (default: the
-    region the cameras look at); support_plane cuts the dominant plane in it that the cameras see from one side (ground,
-    table top, wall) off the foreground.
+    region the cameras look at); support_plane cuts off the foreground the dominant plane in it that the
+    cameras see from one side (ground, table top, wall).
     """
     data = prepare(capture, config)
     model = build_model(config, data.normalization.mode == "unbounded", len(data.train_indices), data.device)
