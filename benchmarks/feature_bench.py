@@ -3,7 +3,7 @@
     python benchmarks/feature_bench.py [--views 24] [--size 96] [--budget 240] [--orbit 60]
                                        [--device cpu|cuda|auto] [--upsample 4] [--feature-dim 16]
                                        [--patch-size 16] [--pixel-features on|off]
-                                       [--exact-depth-orbit]
+                                       [--exact-depth-orbit] [--frame PNG]
 
 Both models train for the same wall-clock budget: a pilot run of each, stopped at the budget, counts the
 steps that fit; the real run makes that many steps (a complete learning-rate schedule) and is stopped at the
@@ -15,6 +15,8 @@ budget should it get there first (the training seconds and steps are reported). 
   (core.evaluation.orbit_consistency). For the feature field with its default depth (feature resolution,
   guided upsampling) and, with --exact-depth-orbit, again with exact (full-resolution) depth.
 And the issue-6 criteria: PSNR gap <= 1.5 dB, render speed-up >= 8x, warp ratio <= 1.5.
+With --frame, the first held-out view as each model renders it at 4x the training side (NeRF left, feature
+field right) is written to that PNG (docs/feature_field_frame.png is one).
 """
 
 from __future__ import annotations
@@ -109,15 +111,23 @@ def compare(args) -> dict:
     orbit = orbit_poses(SyntheticConfig(views=args.orbit, size=args.size, seed=1))
     test = cap.holdout_split()[1][0]
     out: dict = {}
+    frames = []
     for name, config in configs(args).items():
         torch.manual_seed(0)
         scene, record = train_within(cap, config, args.budget)
         record["render_s"] = render_seconds(scene, cap.c2w[test], cap.intrinsics[test])
         record["render_s_4x_side"] = render_seconds(scene, cap.c2w[test], cap.intrinsics[test], scale=4, repeats=1)
+        if args.frame:
+            k = cap.intrinsics[test]
+            frames.append(scene.render(cap.c2w[test], k, 4 * k.width, 4 * k.height).rgb)
         record["orbit"] = orbit_consistency(scene, orbit, cap.intrinsics[0])
         if name == "feature_field" and args.exact_depth_orbit:
             record["orbit_exact_depth"] = orbit_consistency(scene, orbit, cap.intrinsics[0], exact_depth=True)
         out[name] = record
+    if args.frame:
+        from PIL import Image
+
+        Image.fromarray((np.concatenate(frames, 1) * 255).round().astype(np.uint8)).save(args.frame)
     nerf, ff = out["nerf"], out["feature_field"]
     out["psnr_gap_db"] = nerf["psnr_holdout"] - ff["psnr_holdout"]
     out["render_speedup"] = nerf["render_s"] / ff["render_s"]
@@ -144,6 +154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pixel-features", choices=("on", "off"), default="on")
     ap.add_argument("--exact-depth-orbit", action="store_true",
                     help="also measure the feature field's orbit warp error with full-resolution depth")
+    ap.add_argument("--frame", type=Path, default=None,
+                    help="write the first held-out view at 4x the side, NeRF | feature field, to this PNG")
     args = ap.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
