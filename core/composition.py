@@ -42,9 +42,12 @@ def fit_support_plane(points: np.ndarray, cameras: np.ndarray, tol: float, min_f
 
     A support is seen from one side only, so a candidate plane counts only when at least min_camera_fraction
     of the cameras lie on one side of it (that side is kept); a plane through an object the cameras circle
-    fails this. A plane that every camera happens to see from one side (an object's flat face in a
-    forward-facing capture) passes it, and then only the point count decides; the best must hold min_fraction
-    of the points, and only one plane is cut (a desk object before a wall loses the larger of the two).
+    fails this. And what a support holds stands in front of it: a candidate scores its inliers minus the
+    points more than 2 tol behind it, so a flat part of the subject (a plane through it that every camera
+    happens to see from one side, with the wall behind it) loses to the wall even when it holds more points
+    (the fox: a plane through the head and the shield's base held more of the feature field's points than its
+    noisy wall). The best must hold min_fraction of the points, and only one plane is cut (a desk object before
+    a wall: the table top scores the wall behind it against itself, so the wall is usually cut).
 
     points: (N, 3) float64 surface points, any frame; cameras: (C, 3) float64 camera centres, same frame;
     tol: inlier distance, same units. Returns [nx, ny, nz, d] (float64, n unit, pointing to the cameras' side:
@@ -54,7 +57,7 @@ def fit_support_plane(points: np.ndarray, cameras: np.ndarray, tol: float, min_f
     if len(points) < 3 or len(cameras) == 0:
         return None
     rng = np.random.default_rng(seed)
-    best, best_count = None, 0
+    best, best_count, best_score = None, 0, 0
     for _ in range(iters):
         a, b, c = points[rng.choice(len(points), 3, replace=False)]
         n = np.cross(b - a, c - a)
@@ -64,9 +67,11 @@ def fit_support_plane(points: np.ndarray, cameras: np.ndarray, tol: float, min_f
         n, d = oriented_plane(n / norm, n @ a / norm, cameras)
         if np.mean(cameras @ n > d) < min_camera_fraction:
             continue
-        count = int((np.abs(points @ n - d) < tol).sum())
-        if count > best_count:
-            best, best_count = (n, d), count
+        h = points @ n - d
+        count = int((np.abs(h) < tol).sum())
+        score = count - int((h < -2.0 * tol).sum())
+        if score > best_score:
+            best, best_count, best_score = (n, d), count, score
     if best is None or best_count < min_fraction * len(points):
         return None
     inliers = points[np.abs(points @ best[0] - best[1]) < tol]

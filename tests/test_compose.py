@@ -182,6 +182,15 @@ def test_support_plane_is_the_plane_the_cameras_see_from_one_side():
     plane = fit_support_plane(np.concatenate([wall, sphere]), front, tol=0.02)
     assert plane is not None and np.allclose(plane[:3], [1, 0, 0], atol=0.02)
     assert -0.5 + 0.01 <= plane[3] <= -0.5 + 0.03 and (sphere @ plane[:3] >= plane[3]).mean() > 0.9
+    # A flat part of the subject (a tilted plaque through it, every camera on one side) with more points than
+    # a noisy wall: what lies behind the plaque (the whole wall) rules it out; the wall is the support.
+    noisy_wall = np.c_[rng.normal(-0.5, 0.02, 3000), rng.uniform(-1, 1, (3000, 2))]
+    uv = rng.uniform(-0.4, 0.4, (2500, 2))
+    plaque = np.c_[-0.5 * uv[:, 1], uv[:, 0], uv[:, 1]]                     # the plane x + 0.5 z = 0
+    assert fit_support_plane(np.concatenate([noisy_wall, plaque]), front, tol=0.02, min_fraction=0.0) \
+        is not None
+    found = fit_support_plane(np.concatenate([noisy_wall, plaque]), front, tol=0.02)
+    assert found is not None and np.allclose(found[:3], [1, 0, 0], atol=0.05)
     # Any frame: the same scene rotated (cameras too) gives the same plane, rotated.
     c, s = np.cos(np.deg2rad(20)), np.sin(np.deg2rad(20))
     rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
