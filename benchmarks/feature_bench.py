@@ -90,19 +90,20 @@ def train_within(capture, config: TrainConfig, budget: float) -> tuple[object, d
                    "psnr_holdout": m.get("psnr_holdout"), "ssim_holdout": m.get("ssim_holdout")}
 
 
-def render_seconds(scene, c2w: np.ndarray, intrinsics, scale: int = 1, repeats: int = 3) -> float:
-    """Median seconds to render one frame at `scale` x the camera's size (after a warm-up)."""
+def render_seconds(scene, c2w: np.ndarray, intrinsics, scale: int = 1, repeats: int = 3) -> tuple[float, object]:
+    """Median seconds to render one frame at `scale` x the camera's size (after a warm-up), and the frame
+    (the RenderResult of the last render)."""
     w, h = intrinsics.width * scale, intrinsics.height * scale
     dev = str(scene.device)
-    scene.render(c2w, intrinsics, w, h)
+    frame = scene.render(c2w, intrinsics, w, h)
     times = []
     for _ in range(repeats):
         sync(dev)
         t = time.perf_counter()
-        scene.render(c2w, intrinsics, w, h)
+        frame = scene.render(c2w, intrinsics, w, h)
         sync(dev)
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(times), frame
 
 
 def compare(args) -> dict:
@@ -115,11 +116,10 @@ def compare(args) -> dict:
     for name, config in configs(args).items():
         torch.manual_seed(0)
         scene, record = train_within(cap, config, args.budget)
-        record["render_s"] = render_seconds(scene, cap.c2w[test], cap.intrinsics[test])
-        record["render_s_4x_side"] = render_seconds(scene, cap.c2w[test], cap.intrinsics[test], scale=4, repeats=1)
-        if args.frame:
-            k = cap.intrinsics[test]
-            frames.append(scene.render(cap.c2w[test], k, 4 * k.width, 4 * k.height).rgb)
+        record["render_s"] = render_seconds(scene, cap.c2w[test], cap.intrinsics[test])[0]
+        record["render_s_4x_side"], frame = render_seconds(scene, cap.c2w[test], cap.intrinsics[test], scale=4,
+                                                           repeats=1)
+        frames.append(frame.rgb)
         record["orbit"] = orbit_consistency(scene, orbit, cap.intrinsics[0])
         if name == "feature_field" and args.exact_depth_orbit:
             record["orbit_exact_depth"] = orbit_consistency(scene, orbit, cap.intrinsics[0], exact_depth=True)

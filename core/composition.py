@@ -46,8 +46,8 @@ def fit_support_plane(points: np.ndarray, cameras: np.ndarray, tol: float, min_f
     points more than 2 tol behind it, so a flat part of the subject (a plane through it that every camera
     happens to see from one side, with the wall behind it) loses to the wall even when it holds more points
     (the fox: a plane through the head and the shield's base held more of the feature field's points than its
-    noisy wall). The best must hold min_fraction of the points, and only one plane is cut (a desk object before
-    a wall: the table top scores the wall behind it against itself, so the wall is usually cut).
+    noisy wall). The best must hold min_fraction of the points, and only one plane is cut (with a table top and
+    a wall, whatever lies below the table top, such as the lower wall or the floor, counts against it).
 
     points: (N, 3) float64 surface points, any frame; cameras: (C, 3) float64 camera centres, same frame;
     tol: inlier distance, same units. Returns [nx, ny, nz, d] (float64, n unit, pointing to the cameras' side:

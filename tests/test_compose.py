@@ -187,8 +187,6 @@ def test_support_plane_is_the_plane_the_cameras_see_from_one_side():
     noisy_wall = np.c_[rng.normal(-0.5, 0.02, 3000), rng.uniform(-1, 1, (3000, 2))]
     uv = rng.uniform(-0.4, 0.4, (2500, 2))
     plaque = np.c_[-0.5 * uv[:, 1], uv[:, 0], uv[:, 1]]                     # the plane x + 0.5 z = 0
-    assert fit_support_plane(np.concatenate([noisy_wall, plaque]), front, tol=0.02, min_fraction=0.0) \
-        is not None
     found = fit_support_plane(np.concatenate([noisy_wall, plaque]), front, tol=0.02)
     assert found is not None and np.allclose(found[:3], [1, 0, 0], atol=0.05)
     # Any frame: the same scene rotated (cameras too) gives the same plane, rotated.
