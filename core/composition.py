@@ -14,6 +14,7 @@ from core.export.projection import backproject_depth
 from core.fields.compose import ComposedField
 from core.scene import TrainedScene
 
+PLANE_TOLERANCES = (0.01, 0.02)  # support-plane inlier distances tried, as fractions of the foreground box diagonal
 PLANE_SIDE = 64               # training views are rendered at this side to find the support plane
 
 
@@ -92,12 +93,13 @@ def oriented_plane(n: np.ndarray, d: float, cameras: np.ndarray) -> tuple[np.nda
     return n, float(d)
 
 
-def find_support_plane(scene: TrainedScene, indices: list[int], tol_fraction: float = 0.01) -> np.ndarray | None:
+def find_support_plane(scene: TrainedScene, indices: list[int], tol_fractions: tuple[float, ...] = PLANE_TOLERANCES
+                       ) -> np.ndarray | None:
     """The support plane (ground, table top, wall) of a composed field's foreground, in the field frame.
 
     Renders the capture cameras `indices` at PLANE_SIDE px (depth from a ray at every pixel), keeps the
-    opaque surface points inside the foreground box and fits `fit_support_plane` with a tolerance of
-    tol_fraction x the box diagonal.
+    opaque surface points inside the foreground box and fits `support_plane_of_points` with tolerances of
+    tol_fractions x the box diagonal.
     Returns [nx, ny, nz, d] (field frame) or None.
     """
     field = scene.model.field
@@ -116,7 +118,24 @@ def find_support_plane(scene: TrainedScene, indices: list[int], tol_fraction: fl
     pts = np.concatenate(pts)
     pts = pts[((pts >= lo) & (pts <= hi)).all(1)]
     cameras = scene.normalization.to_field(np.asarray(scene.c2w)[:, :3, 3])
-    return fit_support_plane(pts, cameras, tol_fraction * float(np.linalg.norm(hi - lo)))
+    diagonal = float(np.linalg.norm(hi - lo))
+    return support_plane_of_points(pts, cameras, [f * diagonal for f in tol_fractions])
+
+
+def support_plane_of_points(points: np.ndarray, cameras: np.ndarray, tols: list[float]) -> np.ndarray | None:
+    """`fit_support_plane` at each tolerance of `tols` in turn (finest first): the first plane found, or None.
+
+    A field's surface is a thin shell in a well-fitted NeRF but can be a band a few times thicker early in
+    training (the feature field on the fox capture: its wall was a 2-3% deep band at the plane search) that
+    holds too few points within the finest tolerance; a coarser one then finds it, and its plane is shifted
+    further towards the cameras (by 3 standard deviations of its wider inliers). The finer tolerance is tried
+    first so that a sharp surface keeps its tight cut. points, cameras as fit_support_plane; tols: same units.
+    """
+    for tol in tols:
+        plane = fit_support_plane(points, cameras, tol)
+        if plane is not None:
+            return plane
+    return None
 
 
 def foreground_region_world(field: ComposedField, norm: SceneNormalization) -> dict:

@@ -194,3 +194,24 @@ def test_support_plane_is_the_plane_the_cameras_see_from_one_side():
     rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
     tilted = fit_support_plane(np.concatenate([wall, sphere]) @ rot.T, front @ rot.T, tol=0.02)
     assert np.allclose(tilted[:3], rot @ [1, 0, 0], atol=0.02) and abs(tilted[3] - plane[3]) < 0.01
+
+
+def test_a_thick_wall_is_found_at_the_coarser_tolerance_and_a_thin_one_keeps_the_fine_cut():
+    """support_plane_of_points: a wall whose points spread over a band (sd 0.03) too deep for the fine
+    tolerance (0.02: under 15% of the points within it) is found at the coarse one (0.04), cut in front of
+    the band; a thin wall is found at the fine tolerance, with the tight cut."""
+    from core.composition import fit_support_plane, support_plane_of_points
+
+    rng = np.random.default_rng(1)
+    sphere = rng.normal(size=(2200, 3))
+    sphere = sphere / np.linalg.norm(sphere, axis=1, keepdims=True) * 0.3 + [0.0, 0.2, 0.5]
+    front = _camera_ring(12, 3.0, 0.5, arc_deg=150)
+    thick = np.c_[rng.normal(-0.5, 0.03, 800), rng.uniform(-1, 1, (800, 2))]
+    points = np.concatenate([thick, sphere])
+    assert fit_support_plane(points, front, tol=0.02) is None
+    plane = support_plane_of_points(points, front, [0.02, 0.04])
+    assert plane is not None and np.allclose(plane[:3], [1, 0, 0], atol=0.05)
+    assert (thick @ plane[:3] < plane[3]).mean() > 0.9 and (sphere @ plane[:3] >= plane[3]).mean() > 0.9
+    thin = np.c_[rng.normal(-0.5, 0.004, 800), rng.uniform(-1, 1, (800, 2))]
+    plane = support_plane_of_points(np.concatenate([thin, sphere]), front, [0.02, 0.04])
+    assert plane is not None and -0.5 + 0.01 <= plane[3] <= -0.5 + 0.03

@@ -307,9 +307,7 @@ def test_composition_foreground_mesh_holds_the_objects_not_the_ground(synthetic_
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-@pytest.mark.parametrize("model", ["nerf", pytest.param("feature_field", marks=pytest.mark.xfail(
-    reason="known failure (README): on fox the feature field's density stays fog in front of the wall, so its "
-           "wall holds under 15% of the surface points and no support plane is found", strict=False))])
+@pytest.mark.parametrize("model", ["nerf", "feature_field"])
 def test_fox_short_run_renders_views_and_a_foreground_mesh_without_its_support(fox_dir, tmp_path, model):
     """Issue 6 on the real fox capture (known poses), CPU: novel views come from the model (the neural
     renderer for the feature field) and the foreground mesh holds the fox, not what it stands on.

@@ -9,7 +9,12 @@ the 3D field responsible for colour, hence consistent across views.
 With `rgba_skip` (the default) the first four input channels are the volume-rendered premultiplied RGB
 and opacity. The first skip's colour logits are the field's plus the 3x3 conv's correction, and its alpha
 is the field's opacity, uncorrected: the low-resolution output starts as exactly what the field renders (a
-NeRF at feature resolution), and its alpha stays tied to the density as in volume rendering. (With a
+NeRF at feature resolution), and its alpha stays tied to the density as in volume rendering. That colour
+correction is a 1 x 1 conv (GIRAFFE's is 3 x 3, as at every other resolution here): each ray's low-resolution
+colour then depends on that ray's features only, so the first-skip loss checks every ray's render against the
+image the way a NeRF's loss does. With a 3 x 3 conv a ray could borrow its neighbours' colour, the field could
+leave a surface as a thick layer at roughly the right depth, and the 2D network made up the difference: on the
+fox capture its wall stayed a band about 0.1 field units deep in which no support plane could be found (README). (With a
 correction on alpha too, the network learned to make a faint field look opaque: the synthetic ground
 stayed a thin fog the 2D network painted over, so depth, meshes and the foreground / background split were
 wrong.) The to-RGB convs start at zero, so an untrained renderer outputs the field's render, bilinearly
@@ -117,10 +122,12 @@ class NeuralRenderer(nn.Module):
         widths = cfg.widths()
         self.blocks = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, padding=1)
                                     for i in range(cfg.n_blocks))
-        # With rgba_skip the first to-RGB conv corrects colour only (alpha is the field's opacity).
-        first_out = 3 if cfg.rgba_skip else OUT_CHANNELS
-        self.to_rgb = nn.ModuleList(nn.Conv2d(w, first_out if i == 0 else OUT_CHANNELS, 3, padding=1)
-                                    for i, w in enumerate(widths))
+        # With rgba_skip the first to-RGB conv corrects colour only (alpha is the field's opacity), ray by ray
+        # (1 x 1): see the module docstring.
+        first_out, first_k = (3, 1) if cfg.rgba_skip else (OUT_CHANNELS, 3)
+        self.to_rgb = nn.ModuleList(
+            nn.Conv2d(w, first_out, first_k, padding=first_k // 2) if i == 0 else
+            nn.Conv2d(w, OUT_CHANNELS, 3, padding=1) for i, w in enumerate(widths))
         if cfg.rgba_skip:
             if cfg.in_channels < OUT_CHANNELS:
                 raise ValueError(f"rgba_skip needs >= {OUT_CHANNELS} input channels, got {cfg.in_channels}")
