@@ -2,7 +2,7 @@
 
     python benchmarks/feature_bench.py [--views 24] [--size 96] [--budget 240] [--orbit 60]
                                        [--device cpu|cuda|auto] [--upsample 4] [--feature-dim 16]
-                                       [--patch-size 16] [--pixel-features on|off]
+                                       [--patch-size 16] [--pixel-features on|off] [--skip-kernel 3|1]
                                        [--exact-depth-orbit] [--frame PNG]
 
 Both models train for the same wall-clock budget: a pilot run of each, stopped at the budget, counts the
@@ -49,6 +49,7 @@ def configs(args) -> dict[str, TrainConfig]:
     return {"nerf": TrainConfig(model="nerf", **common),
             "feature_field": TrainConfig(model="feature_field", feature_dim=args.feature_dim, upsample=args.upsample,
                                          patch_size=args.patch_size, pixel_features=args.pixel_features == "on",
+                                         skip_kernel=args.skip_kernel,
                                          **common)}
 
 
@@ -152,6 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--feature-dim", type=int, default=16)
     ap.add_argument("--patch-size", type=int, default=16)
     ap.add_argument("--pixel-features", choices=("on", "off"), default="on")
+    ap.add_argument("--skip-kernel", type=int, choices=(1, 3), default=3)
     ap.add_argument("--exact-depth-orbit", action="store_true",
                     help="also measure the feature field's orbit warp error with full-resolution depth")
     ap.add_argument("--frame", type=Path, default=None,
@@ -168,7 +170,7 @@ def main() -> None:
     figures = compare(args)
     config = {"scene": f"synthetic {args.views} views {args.size} px", "budget_s": args.budget, "orbit": args.orbit,
               "upsample": args.upsample, "feature_dim": args.feature_dim, "patch_size": args.patch_size,
-              "pixel_features": args.pixel_features,
+              "pixel_features": args.pixel_features, "skip_kernel": args.skip_kernel,
               "common": COMMON, "wall_s": time.perf_counter() - t}
     print(json.dumps({"machine": machine(args.device), "config": config, "figures": figures}, indent=2))
 

@@ -35,6 +35,7 @@ class TrainConfig:
     foreground_sparsity: float = 0.01  # composition, after the plane cut: loss weight of the foreground's opacity
     patch_size: int = 16
     pixel_features: bool = True       # the renderer's last block sees the hash grid at each output pixel's point
+    skip_kernel: int = 3              # the first skip's colour correction: 3 (3x3, GIRAFFE) or 1 (per ray; README)
     margin_loss: bool = False         # also supervise the first-skip colour of the rays around each patch (README)
     # sampling
     sampler: str = "occupancy"        # occupancy | hierarchical

@@ -13,6 +13,7 @@ from core.atomic import atomic_write, atomic_write_json
 from core.cameras import Intrinsics
 from core.capture import FrameInfo, SceneNormalization
 from core.config import TrainConfig
+from core.errors import UserInputError
 from core.model import RadianceModel, build_model
 from core.rays import rays_from_pixels
 
@@ -155,12 +156,25 @@ class TrainedScene:
         directory = Path(directory)
         meta = json.loads((directory / "scene.json").read_text())
         dev = resolve_device(device)
-        cfg = TrainConfig.from_dict(meta["config"])
+        try:
+            cfg = TrainConfig.from_dict(meta["config"])
+        except ValueError as e:
+            raise _incompatible(directory, str(e)) from None
         if cfg.model == "feature_field" and cls is TrainedScene:
             from core.train_feature import FeatureScene  # it builds on this module
 
             cls = FeatureScene
         contracted = meta["normalization"]["mode"] == "unbounded"
         model = build_model(cfg, contracted, len(meta["train_indices"]), dev)
-        model.load_state_dict(torch.load(directory / "scene.pt", map_location=dev, weights_only=True))
+        try:
+            model.load_state_dict(torch.load(directory / "scene.pt", map_location=dev, weights_only=True))
+        except RuntimeError as e:                      # missing, unexpected or differently shaped weights
+            raise _incompatible(directory, str(e).splitlines()[0]) from None
         return cls.from_meta(meta, model, dev)
+
+
+def _incompatible(directory: Path, detail: str) -> UserInputError:
+    """The error for a scene this version of the model code cannot load (saved by another version)."""
+    return UserInputError("scene_incompatible", f"the scene in {directory} was saved by a version of nerfserve "
+                          f"whose model differs from this one ({detail}).",
+                          "Train it again with this version (the capture and options are in its scene.json).")

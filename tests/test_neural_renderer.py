@@ -121,6 +121,23 @@ def test_rgba_skip_starts_as_the_fields_own_render():
         NeuralRenderer(NeuralRendererConfig(in_channels=3))
 
 
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_first_skip_kernel_sets_whose_features_a_rays_colour_sees(kernel):
+    """skip_kernel 1: a ray's first-skip colour depends on its own features only (a neighbour's change leaves
+    it); 3: on its 3 x 3 neighbourhood. Anything else is refused."""
+    torch.manual_seed(0)
+    net = NeuralRenderer(NeuralRendererConfig(in_channels=7, upsample=2, width=16, skip_kernel=kernel))
+    with torch.no_grad():
+        net.to_rgb[0].weight.normal_(0, 0.5)
+    x = torch.rand(1, 7, 5, 5) * 0.98 + 0.01
+    y = x.clone()
+    y[:, 4:, 2, 3] += 0.5                                   # the neighbour's extra features
+    a, b = net(x).low_res[0, :3, 2, 2], net(y).low_res[0, :3, 2, 2]
+    assert torch.equal(a, b) == (kernel == 1)
+    with pytest.raises(ValueError, match="skip_kernel"):
+        NeuralRenderer(NeuralRendererConfig(in_channels=7, skip_kernel=5))
+
+
 def test_over_background_premultiplied():
     rgba = torch.tensor([0.2, 0.1, 0.0, 0.25]).view(1, 4, 1, 1)
     out = over_background(rgba, torch.tensor([1.0, 0.0, 0.4]))

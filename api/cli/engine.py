@@ -33,6 +33,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--composition", choices=["on", "off"])
     p.add_argument("--margin-loss", choices=["on", "off"],
                    help="feature_field: also supervise the colour of the rays around each patch")
+    p.add_argument("--skip-kernel", type=int, choices=[1, 3],
+                   help="feature_field: the first skip's colour correction, 3x3 (default) or per ray (1)")
     p.add_argument("--renders", type=int, default=3, help="held-out views to save as PNG")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints in OUT/checkpoints")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in OUT/checkpoints")
@@ -56,6 +58,7 @@ def train_config_from_args(args: argparse.Namespace):
         "max_side": args.max_side, "feature_dim": args.feature_dim, "upsample": args.upsample,
         "composition": None if args.composition is None else args.composition == "on",
         "margin_loss": None if args.margin_loss is None else args.margin_loss == "on",
+        "skip_kernel": args.skip_kernel,
         "checkpoint_every": args.checkpoint_every}.items() if v is not None}
     return TrainConfig.preset(args.preset, **overrides)
 

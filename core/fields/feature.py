@@ -86,7 +86,8 @@ def renderer_config(cfg: TrainConfig) -> NeuralRendererConfig:
     feature_rays` layout), `cfg.upsample` x out; with cfg.pixel_features the hash-grid encoding at every output
     pixel's point goes to the last block."""
     pixel = cfg.grid_levels * cfg.grid_features if cfg.pixel_features and cfg.upsample > 1 else 0
-    return NeuralRendererConfig(in_channels=cfg.feature_dim + 1, upsample=cfg.upsample, pixel_channels=pixel)
+    return NeuralRendererConfig(in_channels=cfg.feature_dim + 1, upsample=cfg.upsample, pixel_channels=pixel,
+                                skip_kernel=cfg.skip_kernel)
 
 
 def pixel_points(c2w_field: torch.Tensor, params: torch.Tensor, u0: torch.Tensor, v0: torch.Tensor,

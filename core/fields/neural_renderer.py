@@ -7,14 +7,14 @@ fine. The output of the input resolution (the "first skip") is returned as well:
 the 3D field responsible for colour, hence consistent across views.
 
 With `rgba_skip` (the default) the first four input channels are the volume-rendered premultiplied RGB
-and opacity. The first skip's colour logits are the field's plus the 3x3 conv's correction, and its alpha
+and opacity. The first skip's colour logits are the field's plus a conv's correction, and its alpha
 is the field's opacity, uncorrected: the low-resolution output starts as exactly what the field renders (a
 NeRF at feature resolution), and its alpha stays tied to the density as in volume rendering. That colour
-correction is a 1 x 1 conv (GIRAFFE's is 3 x 3, as at every other resolution here): each ray's low-resolution
-colour then depends on that ray's features only, so the first-skip loss checks every ray's render against the
-image the way a NeRF's loss does. With a 3 x 3 conv a ray could borrow its neighbours' colour, the field could
-leave a surface as a thick layer at roughly the right depth, and the 2D network made up the difference: on the
-fox capture its wall stayed a band about 0.1 field units deep in which no support plane could be found (README). (With a
+correction is a 3 x 3 conv (GIRAFFE's, as at every other resolution), or with `skip_kernel` 1 a 1 x 1 conv: each
+ray's low-resolution colour then depends on that ray's features only, so the first-skip loss checks every ray's
+render against the image the way a NeRF's loss does. With 3 x 3 a ray can borrow its neighbours' colour: on the
+fox capture the wall stayed a band about 0.1 field units deep in which no support plane was found, and 1 x 1
+fixed that; on the composed synthetic capture 1 x 1 did worse (README), so 3 x 3 stays the default. (With a
 correction on alpha too, the network learned to make a faint field look opaque: the synthetic ground
 stayed a thin fog the 2D network painted over, so depth, meshes and the foreground / background split were
 wrong.) The to-RGB convs start at zero, so an untrained renderer outputs the field's render, bilinearly
@@ -51,7 +51,8 @@ class NeuralRendererConfig:
     rgba_skip: input channels 0..3 are premultiplied RGB and opacity in [0, 1], added (as logits) to the
         first skip (see the module docstring).
     pixel_channels: channels G of the per-output-pixel features fed to the last block (0: none; needs
-        upsample >= 2)."""
+        upsample >= 2).
+    skip_kernel: with rgba_skip, the kernel of the first skip's colour correction: 3 (3 x 3) or 1 (per ray)."""
 
     in_channels: int = 17
     upsample: int = 4
@@ -60,6 +61,7 @@ class NeuralRendererConfig:
     leaky_slope: float = 0.2
     rgba_skip: bool = True
     pixel_channels: int = 0
+    skip_kernel: int = 3
 
     @property
     def n_blocks(self) -> int:
@@ -122,9 +124,11 @@ class NeuralRenderer(nn.Module):
         widths = cfg.widths()
         self.blocks = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, padding=1)
                                     for i in range(cfg.n_blocks))
-        # With rgba_skip the first to-RGB conv corrects colour only (alpha is the field's opacity), ray by ray
-        # (1 x 1): see the module docstring.
-        first_out, first_k = (3, 1) if cfg.rgba_skip else (OUT_CHANNELS, 3)
+        # With rgba_skip the first to-RGB conv corrects colour only (alpha is the field's opacity), over 3 x 3
+        # rays or ray by ray (skip_kernel 1): see the module docstring.
+        if cfg.skip_kernel not in (1, 3):
+            raise ValueError(f"skip_kernel must be 1 or 3, got {cfg.skip_kernel}")
+        first_out, first_k = (3, cfg.skip_kernel) if cfg.rgba_skip else (OUT_CHANNELS, 3)
         self.to_rgb = nn.ModuleList(
             nn.Conv2d(w, first_out, first_k, padding=first_k // 2) if i == 0 else
             nn.Conv2d(w, OUT_CHANNELS, 3, padding=1) for i, w in enumerate(widths))
