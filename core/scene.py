@@ -166,8 +166,9 @@ class TrainedScene:
             cls = FeatureScene
         contracted = meta["normalization"]["mode"] == "unbounded"
         model = build_model(cfg, contracted, len(meta["train_indices"]), dev)
+        weights = torch.load(directory / "scene.pt", map_location=dev, weights_only=True)
         try:
-            model.load_state_dict(torch.load(directory / "scene.pt", map_location=dev, weights_only=True))
+            model.load_state_dict(weights)
         except RuntimeError as e:                      # missing, unexpected or differently shaped weights
             raise _incompatible(directory, str(e).splitlines()[0]) from None
         return cls.from_meta(meta, model, dev)
