@@ -2,7 +2,7 @@
 
     python benchmarks/feature_bench.py [--views 24] [--size 96] [--budget 240] [--orbit 60]
                                        [--device cpu|cuda|auto] [--upsample 4] [--feature-dim 16]
-                                       [--patch-size 16] [--pixel-features on|off] [--skip-kernel 3|1]
+                                       [--patch-size 16] [--pixel-features on|off] [--skip-kernel 1|3]
                                        [--exact-depth-orbit] [--frame PNG]
 
 Both models train for the same wall-clock budget: a pilot run of each, stopped at the budget, counts the
@@ -153,7 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--feature-dim", type=int, default=16)
     ap.add_argument("--patch-size", type=int, default=16)
     ap.add_argument("--pixel-features", choices=("on", "off"), default="on")
-    ap.add_argument("--skip-kernel", type=int, choices=(1, 3), default=3)
+    ap.add_argument("--skip-kernel", type=int, choices=(1, 3), default=1)
     ap.add_argument("--exact-depth-orbit", action="store_true",
                     help="also measure the feature field's orbit warp error with full-resolution depth")
     ap.add_argument("--frame", type=Path, default=None,

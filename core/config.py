@@ -32,10 +32,11 @@ class TrainConfig:
     feature_dim: int = 16
     upsample: int = 4
     composition: bool = False
-    foreground_sparsity: float = 0.01  # composition, after the plane cut: loss weight of the foreground's opacity
+    foreground_sparsity: float | None = None  # composition, after the plane cut: loss weight of the foreground's
+                                      # opacity; None: the model's (FOREGROUND_SPARSITY, README)
     patch_size: int = 16
     pixel_features: bool = True       # the renderer's last block sees the hash grid at each output pixel's point
-    skip_kernel: int = 3              # the first skip's colour correction: 3 (3x3, GIRAFFE) or 1 (per ray; README)
+    skip_kernel: int = 1              # the first skip's colour correction: 1 (per ray) or 3 (3x3, GIRAFFE; README)
     margin_loss: bool = False         # also supervise the first-skip colour of the rays around each patch (README)
     # sampling
     sampler: str = "occupancy"        # occupancy | hierarchical
@@ -63,6 +64,13 @@ class TrainConfig:
             raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
         return replace(PRESETS[name], **overrides)
 
+    @property
+    def foreground_sparsity_weight(self) -> float:
+        """foreground_sparsity, or the model's default (FOREGROUND_SPARSITY) when it is None."""
+        if self.foreground_sparsity is not None:
+            return self.foreground_sparsity
+        return FOREGROUND_SPARSITY.get(self.model, FOREGROUND_SPARSITY["nerf"])
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -74,6 +82,12 @@ class TrainConfig:
             raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
         return TrainConfig(**d)
 
+
+# The foreground-opacity loss weight after the support plane is cut (core.loop.foreground_sparsity), per model.
+# The feature field's support is fuzzier (its geometry is learned from 1 / upsample^2 of the rays) and at 0.01 its
+# foreground kept a semi-transparent layer of the ground above the plane; at 0.05 the NeRF, whose ground is
+# sharp, moved the objects themselves into the background field (an empty foreground mesh). README, session 9.
+FOREGROUND_SPARSITY = {"nerf": 0.01, "feature_field": 0.05}
 
 PRESETS: dict[str, TrainConfig] = {
     # A few minutes on a 2-core CPU at 128 px; seconds on a GPU.

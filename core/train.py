@@ -53,7 +53,7 @@ def ray_training(model: RadianceModel, data: TrainingData, config: TrainConfig):
         if config.pixel_sampling == "selective":
             stream.update_errors(batch, per_ray.detach())
         mse = per_ray.mean()
-        loss = mse + foreground_sparsity(out, config.foreground_sparsity)
+        loss = mse + foreground_sparsity(out, config.foreground_sparsity_weight)
         return StepOutput(loss, float(mse.detach()), len(rays), out.n_samples)
 
     return stream, step

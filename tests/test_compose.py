@@ -215,3 +215,16 @@ def test_a_thick_wall_is_found_at_the_coarser_tolerance_and_a_thin_one_keeps_the
     thin = np.c_[rng.normal(-0.5, 0.004, 800), rng.uniform(-1, 1, (800, 2))]
     plane = support_plane_of_points(np.concatenate([thin, sphere]), front, [0.02, 0.04])
     assert plane is not None and -0.5 + 0.01 <= plane[3] <= -0.5 + 0.03
+
+
+def test_foreground_sparsity_weight_is_the_models_unless_given():
+    """The weight after the cut defaults per model (the feature field's fuzzier support needs more; README), and
+    an explicit value wins; a saved config with a weight loads unchanged."""
+    from core.config import FOREGROUND_SPARSITY, TrainConfig
+
+    assert TrainConfig(model="nerf").foreground_sparsity_weight == FOREGROUND_SPARSITY["nerf"] == 0.01
+    assert TrainConfig(model="feature_field").foreground_sparsity_weight == FOREGROUND_SPARSITY["feature_field"]
+    assert FOREGROUND_SPARSITY["feature_field"] > FOREGROUND_SPARSITY["nerf"]
+    assert TrainConfig(model="feature_field", foreground_sparsity=0.0).foreground_sparsity_weight == 0.0
+    old = TrainConfig.from_dict({**TrainConfig().to_dict(), "foreground_sparsity": 0.02})
+    assert old.foreground_sparsity_weight == 0.02

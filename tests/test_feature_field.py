@@ -213,7 +213,8 @@ def test_save_load_and_density_parts(small_capture, tmp_path):
     # first-skip correction of another kernel size) fails to load with an error that says so.
     weights = torch.load(tmp_path / "scene" / "scene.pt", weights_only=True)
     first = weights["renderer.to_rgb.0.weight"]
-    weights["renderer.to_rgb.0.weight"] = first.new_zeros(*first.shape[:2], 1, 1)
+    other = 3 if first.shape[-1] == 1 else 1
+    weights["renderer.to_rgb.0.weight"] = first.new_zeros(*first.shape[:2], other, other)
     torch.save(weights, tmp_path / "scene" / "scene.pt")
     with pytest.raises(UserInputError) as err:
         TrainedScene.load(tmp_path / "scene", device="cpu")
@@ -331,11 +332,8 @@ def test_fox_short_run_renders_views_and_a_foreground_mesh_without_its_support(f
     from core.readers import read_transforms_json
 
     cap = read_transforms_json(fox_dir, max_side=240)
-    # The feature field with its per-ray first-skip correction (skip_kernel 1): with the default 3x3 its wall
-    # stays a band in which no support plane is found (README).
-    extra = {"skip_kernel": 1} if model == "feature_field" else {}
     cfg = TrainConfig.preset("fast", model=model, device="cpu", steps=1500, composition=True,
-                             checkpoint_every=10 ** 9, **extra)
+                             checkpoint_every=10 ** 9)
     scene = train(cap, cfg)
     print("fox metrics", {k: v for k, v in scene.metrics.items() if k != "psnr_per_view"})
     i = scene.test_indices[0]

@@ -34,7 +34,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--margin-loss", choices=["on", "off"],
                    help="feature_field: also supervise the colour of the rays around each patch")
     p.add_argument("--skip-kernel", type=int, choices=[1, 3],
-                   help="feature_field: the first skip's colour correction, 3x3 (default) or per ray (1)")
+                   help="feature_field: the first skip's colour correction, per ray (1, default) or 3x3 (3)")
     p.add_argument("--renders", type=int, default=3, help="held-out views to save as PNG")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints in OUT/checkpoints")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in OUT/checkpoints")

@@ -10,11 +10,11 @@ With `rgba_skip` (the default) the first four input channels are the volume-rend
 and opacity. The first skip's colour logits are the field's plus a conv's correction, and its alpha
 is the field's opacity, uncorrected: the low-resolution output starts as exactly what the field renders (a
 NeRF at feature resolution), and its alpha stays tied to the density as in volume rendering. That colour
-correction is a 3 x 3 conv (GIRAFFE's, as at every other resolution), or with `skip_kernel` 1 a 1 x 1 conv: each
-ray's low-resolution colour then depends on that ray's features only, so the first-skip loss checks every ray's
-render against the image the way a NeRF's loss does. With 3 x 3 a ray can borrow its neighbours' colour: on the
-fox capture the wall stayed a band about 0.1 field units deep in which no support plane was found, and 1 x 1
-fixed that; on the composed synthetic capture 1 x 1 did worse (README), so 3 x 3 stays the default. (With a
+correction is by default (`skip_kernel` 1) a 1 x 1 conv: each ray's low-resolution colour depends on that ray's
+features only, so the first-skip loss checks every ray's render against the image the way a NeRF's loss does.
+With `skip_kernel` 3 it is a 3 x 3 conv (GIRAFFE's, as at every other resolution), and a ray can borrow its
+neighbours' colour: on the fox capture the wall then stayed a band about 0.1 field units deep in which no
+support plane was found (README). (With a
 correction on alpha too, the network learned to make a faint field look opaque: the synthetic ground
 stayed a thin fog the 2D network painted over, so depth, meshes and the foreground / background split were
 wrong.) The to-RGB convs start at zero, so an untrained renderer outputs the field's render, bilinearly
@@ -52,7 +52,7 @@ class NeuralRendererConfig:
         first skip (see the module docstring).
     pixel_channels: channels G of the per-output-pixel features fed to the last block (0: none; needs
         upsample >= 2).
-    skip_kernel: with rgba_skip, the kernel of the first skip's colour correction: 3 (3 x 3) or 1 (per ray)."""
+    skip_kernel: with rgba_skip, the kernel of the first skip's colour correction: 1 (per ray) or 3 (3 x 3)."""
 
     in_channels: int = 17
     upsample: int = 4
@@ -61,7 +61,7 @@ class NeuralRendererConfig:
     leaky_slope: float = 0.2
     rgba_skip: bool = True
     pixel_channels: int = 0
-    skip_kernel: int = 3
+    skip_kernel: int = 1
 
     @property
     def n_blocks(self) -> int:
