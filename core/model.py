@@ -12,7 +12,7 @@ from core.fields.compose import ComposedField
 from core.fields.encoding import HashGridConfig
 from core.fields.nerf import FieldConfig, ReferenceNerfField
 from core.rays import RayBundle
-from core.render import RaySamples, RenderOutput, accumulate, volume_render
+from core.render import RaySamples, RenderOutput, accumulate, join_outputs, volume_render
 from core.sampling import (
     OccupancyGrid,
     SamplerConfig,
@@ -90,9 +90,7 @@ class RadianceModel(nn.Module):
         """Evaluation render of many rays, `chunk` rays at a time (weights are not kept)."""
         parts = [self.forward(rays.slice(i, i + chunk), background, training=False)
                  for i in range(0, len(rays), chunk)]
-        cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
-        return RenderOutput(cat("features"), cat("depth"), cat("depth_median"), cat("opacity"),
-                            torch.empty(0), sum(p.n_samples for p in parts))
+        return join_outputs(parts, keep_weights=False)
 
 
 def sampler_config(cfg: TrainConfig) -> SamplerConfig:

@@ -32,6 +32,10 @@ class RayBundle:
         return RayBundle(self.origins[start:stop], self.directions[start:stop],
                          self.z_scale[start:stop], self.image_index[start:stop])
 
+    def take(self, index: torch.Tensor) -> RayBundle:
+        """index: (M,) int64 -> the bundle of those rays, in that order."""
+        return RayBundle(self.origins[index], self.directions[index], self.z_scale[index], self.image_index[index])
+
 
 def rays_from_pixels(c2w: torch.Tensor, params: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                      image_index: torch.Tensor | None = None) -> RayBundle:

@@ -53,6 +53,24 @@ class RenderOutput:
     foreground_opacity: torch.Tensor | None = None
 
 
+def join_outputs(parts: list[RenderOutput], order: torch.Tensor | None = None, keep_weights: bool = True
+                 ) -> RenderOutput:
+    """The renders of consecutive ray sets as one render of all their rays.
+
+    Per-ray tensors are concatenated, then taken in `order` ((R,) int64 indices into the concatenation) when
+    given; weights are concatenated in the parts' sample order (or dropped: keep_weights False); n_samples is
+    summed; foreground_opacity is kept where every part has it.
+    """
+    def per_ray(name: str) -> torch.Tensor:
+        joined = torch.cat([getattr(p, name) for p in parts])
+        return joined if order is None else joined[order]
+
+    fg = per_ray("foreground_opacity") if all(p.foreground_opacity is not None for p in parts) else None
+    weights = torch.cat([p.weights for p in parts]) if keep_weights else torch.empty(0)
+    return RenderOutput(per_ray("features"), per_ray("depth"), per_ray("depth_median"), per_ray("opacity"),
+                        weights, sum(p.n_samples for p in parts), fg)
+
+
 def _segment_starts(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
     """(S,) int64: for each sample, the flat index of the first sample of its ray."""
     counts = torch.bincount(ray_indices, minlength=n_rays)

@@ -118,7 +118,7 @@ def patch_training(model: FeatureFieldModel, data: TrainingData, config: TrainCo
         target, target_low = patch_targets(batch.colors, bg, s)
         target = target[:, :, ms:ms + size, ms:ms + size]
         rendered, out = model.patches(data.c2w_field[idx], data.params[idx], idx, batch.u0 + ms, batch.v0 + ms,
-                                      size, PATCH_MARGIN, training=True)
+                                      size, PATCH_MARGIN, training=True, margin_grad=bool(ms))
         pred = over_background(rendered.image.float(), bg)
         loss = image_loss(pred, target) + LOW_RES_WEIGHT * image_loss(
             over_background(rendered.low_res[:, :, low, low].float(), bg), target_low)

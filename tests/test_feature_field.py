@@ -14,6 +14,7 @@ from core.errors import UserInputError
 from core.evaluation import composite_image
 from core.fields.compose import ComposedField
 from core.fields.feature import FeatureField, build_feature_model, build_field, lowres_centres
+from core.fields.neural_renderer import NeuralRenderer
 from core.metrics import psnr
 from core.model import field_config
 from core.rays import rays_from_pixels
@@ -85,7 +86,7 @@ def test_lowres_target_is_the_image_where_the_ray_passes():
     assert float(block_centres(torch.arange(9.0).view(1, 1, 3, 3), 3)) == 4.0   # odd s: the centre pixel
 
 
-def test_patch_render_matches_the_whole_frame(small_capture):
+def test_patch_render_matches_the_whole_frame(small_capture, monkeypatch):
     """The training path (patches with a margin) and the rendering path (whole frame, tiled renderer)
     produce the same pixels, so what is trained is what is rendered."""
     torch.manual_seed(0)
@@ -111,6 +112,15 @@ def test_patch_render_matches_the_whole_frame(small_capture):
                                      margin=0, training=False)
     edge = (no_margin.image[0, :3].permute(1, 2, 0).numpy() - whole.rgb[8:24, 16:32])[0]
     assert np.abs(edge).max() > 1e-3                 # without a margin the patch border differs
+    # Per-pixel features are looked up for the patch and the ring its outputs read only (the renderer's
+    # pixel_radius); the rest of the margin gets zeros: the patch is what it is with features everywhere.
+    args = (c2w_f, params, torch.tensor([-1]), torch.tensor([16]), torch.tensor([8]), 16)
+    with torch.no_grad():
+        model.field.encoding.params.normal_(0.0, 1.0)   # features large enough to matter (they start ~1e-4)
+        ring_only = model.patches(*args, margin=1, training=False)[0].image
+        monkeypatch.setattr(NeuralRenderer, "pixel_radius", property(lambda self: 10 ** 6))
+        everywhere = model.patches(*args, margin=1, training=False)[0].image
+    torch.testing.assert_close(ring_only, everywhere)
 
 
 def test_margin_loss_supervises_the_margin_rays_first_skip(small_capture):
@@ -144,6 +154,36 @@ def test_margin_loss_supervises_the_margin_rays_first_skip(small_capture):
         plain_batch = next(iter(plain_stream))
     assert plain_batch.colors.shape[1:3] == (plain["patch_size"], plain["patch_size"])
     assert torch.isfinite(plain_step(plain_batch).loss)
+
+
+def test_margin_rays_are_context_without_gradients(small_capture):
+    """Without margin_loss a training step renders the margin rays without gradients: the same render, but
+    only the patch's own rays reach the field."""
+    torch.manual_seed(0)
+    cap = small_capture.capture
+    model = build_feature_model(tiny(skip_kernel=1), False, len(cap), torch.device("cpu"))   # a ray's own skip
+    with torch.no_grad():
+        model.field.encoding.params.normal_(0.0, 0.5)
+        for p in model.renderer.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    c2w_f = torch.from_numpy(compute_normalization(cap.c2w).c2w_to_field(cap.c2w[2:4])).float()
+    params = torch.from_numpy(np.stack([cap.intrinsics[i].params() for i in (2, 3)])).float()
+    args = (c2w_f, params, torch.tensor([2, 3]), torch.tensor([16, 0]), torch.tensor([8, 20]), 16, 1, False)
+
+    def grads(margin_grad: bool, part: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        model.zero_grad()
+        rendered, out = model.patches(*args, margin_grad=margin_grad)
+        loss = rendered.low_res[:, :, 0].sum() if part == "margin" else rendered.image.sum()
+        loss.backward()
+        return rendered.image.detach(), out.depth.detach(), model.field.encoding.params.grad.clone()
+
+    image, depth, g_margin = grads(True, "margin")
+    image_nm, depth_nm, g_margin_nm = grads(False, "margin")
+    torch.testing.assert_close(image_nm, image)
+    torch.testing.assert_close(depth_nm, depth)                   # per-ray outputs back in grid order
+    assert g_margin.abs().sum() > 0 and g_margin_nm.abs().sum() == 0
+    _, _, g_patch_nm = grads(False, "patch")
+    assert g_patch_nm.abs().sum() > 0
 
 
 def test_patch_rays_are_the_frames_rays(small_capture):

@@ -148,6 +148,12 @@ class NeuralRenderer(nn.Module):
     def upsample(self) -> int:
         return self.cfg.upsample
 
+    @property
+    def pixel_radius(self) -> int:
+        """How far (output pixels) an output pixel sees the per-pixel features: the last to-RGB conv's radius
+        (they enter just before it)."""
+        return self.to_rgb[-1].kernel_size[0] // 2
+
     def forward(self, features: torch.Tensor, pixel_features: torch.Tensor | None = None) -> RendererOutput:
         if (pixel_features is None) != (self.pixel_proj is None):
             raise ValueError(f"this renderer takes {self.cfg.pixel_channels} per-pixel feature channels; got "
