@@ -2,7 +2,9 @@
 
 Training draws random image patches (core.data.PatchStream) instead of random rays: a patch of P x P
 output pixels costs (P / s)^2 rays (s = config.upsample), plus a margin of low-res rays around it, which
-the renderer's convolutions see as context and which are cropped from its output. Losses: L1 + MSE on the
+the renderer's convolutions see as context and which are cropped from its output (rendered without gradients
+unless config.margin_loss supervises them: the field learns from the patch's own rays, and a step skips the
+margin's backward pass). Losses: L1 + MSE on the
 full-resolution patch, and the same on the renderer's first skip output (the feature map's own RGB) against
 the image where each of the patch's rays passes (`block_centres`; with config.margin_loss, the margin's rays
 too), which keeps colour in the 3D field.
