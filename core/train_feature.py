@@ -2,12 +2,11 @@
 
 Training draws random image patches (core.data.PatchStream) instead of random rays: a patch of P x P
 output pixels costs (P / s)^2 rays (s = config.upsample), plus a margin of low-res rays around it, which
-the renderer's convolutions see as context and which are cropped from its output (rendered without gradients
-unless config.margin_loss supervises them: the field learns from the patch's own rays, and a step skips the
-margin's backward pass). Losses: L1 + MSE on the
-full-resolution patch, and the same on the renderer's first skip output (the feature map's own RGB) against
-the image where each of the patch's rays passes (`block_centres`; with config.margin_loss, the margin's rays
-too), which keeps colour in the 3D field.
+the renderer's convolutions see as context and which are cropped from its output (rendered without gradients,
+so a step skips their backward pass, unless config.margin_loss supervises them or config.composition is on).
+Losses: L1 + MSE on the full-resolution patch, and the same on the renderer's first skip output (the feature
+map's own RGB) against the image where each of the patch's rays passes (`block_centres`; with
+config.margin_loss, the margin's rays too), which keeps colour in the 3D field.
 
 `FeatureScene` is a TrainedScene whose `render` volume-renders the low-resolution feature map and runs
 the neural renderer; depth comes from the field at feature resolution, upsampled with the rendered
@@ -111,6 +110,11 @@ def patch_training(model: FeatureFieldModel, data: TrainingData, config: TrainCo
     # on the patch. Without it, the first skip is supervised on the patch's own rays.
     low = slice(None) if ms else slice(PATCH_MARGIN, size // s + PATCH_MARGIN)
     stream = PatchStream(data.store, size + 2 * ms, count, data.device, seed=config.seed)
+    # The margin rays are the renderer's context only, rendered without gradients (the step skips their
+    # backward pass), unless margin_loss supervises them or composition is on: its foreground-opacity loss
+    # (FOREGROUND_SPARSITY) was balanced with every rendered ray pulled, and on the fox and the synthetic
+    # composition tests either way of leaving the margin out of it failed one of them (README).
+    margin_grad = bool(ms) or config.composition
     white = torch.ones(1, 3, device=data.device)
 
     def step(batch) -> StepOutput:
@@ -120,7 +124,7 @@ def patch_training(model: FeatureFieldModel, data: TrainingData, config: TrainCo
         target, target_low = patch_targets(batch.colors, bg, s)
         target = target[:, :, ms:ms + size, ms:ms + size]
         rendered, out = model.patches(data.c2w_field[idx], data.params[idx], idx, batch.u0 + ms, batch.v0 + ms,
-                                      size, PATCH_MARGIN, training=True, margin_grad=bool(ms))
+                                      size, PATCH_MARGIN, training=True, margin_grad=margin_grad)
         pred = over_background(rendered.image.float(), bg)
         loss = image_loss(pred, target) + LOW_RES_WEIGHT * image_loss(
             over_background(rendered.low_res[:, :, low, low].float(), bg), target_low)

@@ -186,6 +186,27 @@ def test_margin_rays_are_context_without_gradients(small_capture):
     assert g_patch_nm.abs().sum() > 0
 
 
+@pytest.mark.parametrize("overrides, margin_grad", [({}, False), ({"margin_loss": True}, True),
+                                                     ({"composition": True}, True)])
+def test_training_step_grads_the_margin_only_where_a_loss_needs_it(small_capture, monkeypatch, overrides,
+                                                                     margin_grad):
+    """The margin rays keep their gradients with margin_loss (their first skip is supervised) and with
+    composition (the foreground-opacity loss was balanced with them); otherwise they are context only."""
+    from core.loop import prepare
+    from core.model import build_model
+    from core.train_feature import patch_training
+
+    cfg = tiny(steps=1, **overrides)
+    data = prepare(small_capture.capture, cfg)
+    model = build_model(cfg, data.normalization.mode == "unbounded", len(data.train_indices), data.device)
+    seen, patches = [], model.patches
+    monkeypatch.setattr(model, "patches", lambda *a, **k: seen.append(k["margin_grad"]) or patches(*a, **k))
+    stream, step, _ = patch_training(model, data, cfg)
+    with stream:
+        assert torch.isfinite(step(next(iter(stream))).loss)
+    assert seen == [margin_grad]
+
+
 def test_patch_rays_are_the_frames_rays(small_capture):
     cap = small_capture.capture
     c2w = torch.from_numpy(cap.c2w[:1]).float()
