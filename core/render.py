@@ -58,8 +58,8 @@ def join_outputs(parts: list[RenderOutput], order: torch.Tensor | None = None, k
     """The renders of consecutive ray sets as one render of all their rays.
 
     Per-ray tensors are concatenated, then taken in `order` ((R,) int64 indices into the concatenation) when
-    given; weights are concatenated in the parts' sample order (or dropped: keep_weights False); n_samples is
-    summed; foreground_opacity is kept where every part has it.
+    given; weights are concatenated in the parts' sample order, not reordered (or dropped: keep_weights False);
+    n_samples is summed; foreground_opacity is kept where every part has it.
     """
     def per_ray(name: str) -> torch.Tensor:
         joined = torch.cat([getattr(p, name) for p in parts])

@@ -191,7 +191,7 @@ class FeatureFieldModel(RadianceModel):
                 feats_out, out_out = self.feature_rays(rays.take(order[inner:]), training)
             back = torch.argsort(order)
             feats = torch.cat([feats_in, feats_out])[back]
-            out = join_outputs([out_in, out_out], back)
+            out = join_outputs([out_in, out_out], back, keep_weights=False)   # per-sample weights: not needed
         fmap = feats.view(k, n, n, -1).permute(0, 3, 1, 2)
         pixels = None
         if self.renderer.pixel_proj is not None:
