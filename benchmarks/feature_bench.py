@@ -1,13 +1,19 @@
 """Feature-field model vs NeRF on the synthetic capture, side by side, in one run; prints one JSON document.
 
-    python benchmarks/feature_bench.py [--views 24] [--size 96] [--budget 240] [--orbit 60]
-                                       [--device cpu|cuda|auto] [--upsample 4] [--feature-dim 16]
+    python benchmarks/feature_bench.py [--views 40] [--size 200] [--nerf-steps 4000 | --budget SECONDS]
+                                       [--orbit 60] [--device cpu|cuda|auto] [--upsample 4] [--feature-dim 16]
                                        [--patch-size 16] [--pixel-features on|off] [--skip-kernel 1|3]
                                        [--exact-depth-orbit] [--frame PNG]
 
-Both models train for the same wall-clock budget: a pilot run of each, stopped at the budget, counts the
-steps that fit; the real run makes that many steps (a complete learning-rate schedule) and is stopped at the
-budget should it get there first (the training seconds and steps are reported). Figures, per model:
+Both models train for the same wall-clock budget. By default (`--nerf-steps N`) the budget is what the NeRF
+takes for N steps on this machine: the NeRF trains N steps (its complete learning-rate schedule), and the
+seconds that took, set-up included, are the feature field's budget. So every machine compares the two after
+the same amount of NeRF training; a fixed `--budget` in seconds buys a slow machine far fewer steps of both
+(README). The feature field's budget is met with a pilot run, stopped at the budget, which counts the steps
+that fit; the real run makes that many steps (a complete schedule) and is stopped at the budget should it get
+there first (the training seconds and steps are reported). With `--budget` both models are trained that way.
+The capture is the synthetic one at its own default size (SyntheticConfig: 40 views, 200 px). Figures, per
+model:
 - psnr_holdout: held-out views (every 8th) at full resolution, on white (core.train.evaluate);
 - render_s: seconds per full-resolution frame (median of 3, after a warm-up), and at 4x the side;
 - orbit warp_l1: a `--orbit`-frame orbit of the synthetic capture, each frame warped to the next with the
@@ -42,6 +48,7 @@ from core.train import train
 
 COMMON = dict(batch_rays=1024, grid_levels=12, grid_log2_size=17, grid_max_res=512, march_steps=128,
               grid_resolution=32, checkpoint_every=10 ** 9)
+NERF_STEPS = 4000           # default budget: the time the NeRF takes for this many steps on this machine
 
 
 def configs(args) -> dict[str, TrainConfig]:
@@ -69,17 +76,24 @@ def steps_in(capture, config: TrainConfig, seconds: float) -> int:
     return max(1, calls[0] - 1)
 
 
-def train_within(capture, config: TrainConfig, budget: float) -> tuple[object, dict]:
-    """Train `config` for `budget` seconds with a complete learning-rate schedule: a pilot run finds how many
-    steps fit (`steps_in`), the real run makes that many (and is stopped at the budget should it get there
-    first; the model as it is then is evaluated). Returns the scene and a record."""
-    steps = steps_in(capture, config, budget)
-    config = TrainConfig.from_dict({**config.to_dict(), "steps": steps})
+def train_within(capture, config: TrainConfig, budget: float | None, steps: int | None = None
+                 ) -> tuple[object, dict]:
+    """Train `config` and evaluate it on the held-out views. Returns the scene and a record.
+
+    budget (seconds), steps None: a complete learning-rate schedule within the budget: a pilot run finds how
+    many steps fit (`steps_in`), the real run makes that many (and is stopped at the budget should it get
+    there first; the model as it is then is evaluated). steps given, budget None: exactly that many steps.
+    The record's train_seconds is the wall time of the real run, set-up (resize, pixel store, model) included.
+    """
+    if (budget is None) == (steps is None):
+        raise ValueError("give a budget in seconds or a number of steps, not both")
+    pilot = steps_in(capture, config, budget) if steps is None else None
+    config = TrainConfig.from_dict({**config.to_dict(), "steps": steps or pilot})
+    over = (lambda: False) if budget is None else (lambda: time.perf_counter() - t > budget)
     with tempfile.TemporaryDirectory() as ckpt:
         t = time.perf_counter()
         try:
-            scene = train(capture, config, checkpoint_dir=Path(ckpt), evaluate_holdout=False,
-                                    should_stop=lambda: time.perf_counter() - t > budget)
+            scene = train(capture, config, checkpoint_dir=Path(ckpt), evaluate_holdout=False, should_stop=over)
         except Cancelled:
             reached = checkpoint_step(latest_checkpoint(Path(ckpt)))
             config = TrainConfig.from_dict({**config.to_dict(), "steps": reached})
@@ -87,7 +101,7 @@ def train_within(capture, config: TrainConfig, budget: float) -> tuple[object, d
         seconds = time.perf_counter() - t
     scene.metrics.update(evaluate(scene, capture, scene.test_indices))
     m = scene.metrics
-    return scene, {"steps": int(scene.config.steps), "pilot_steps": steps, "train_seconds": seconds,
+    return scene, {"steps": int(scene.config.steps), "pilot_steps": pilot, "train_seconds": seconds,
                    "psnr_holdout": m.get("psnr_holdout"), "ssim_holdout": m.get("ssim_holdout")}
 
 
@@ -114,9 +128,14 @@ def compare(args) -> dict:
     test = cap.holdout_split()[1][0]
     out: dict = {}
     frames = []
-    for name, config in configs(args).items():
+    budget = args.budget
+    for name, config in configs(args).items():          # the NeRF first: with --nerf-steps it sets the budget
         torch.manual_seed(0)
-        scene, record = train_within(cap, config, args.budget)
+        fixed = args.nerf_steps if name == "nerf" and budget is None else None
+        scene, record = train_within(cap, config, None if fixed else budget, fixed)
+        if fixed:
+            budget = record["train_seconds"]
+        record["budget_s"] = budget
         record["render_s"] = render_seconds(scene, cap.c2w[test], cap.intrinsics[test])[0]
         record["render_s_4x_side"], frame = render_seconds(scene, cap.c2w[test], cap.intrinsics[test], scale=4,
                                                            repeats=1)
@@ -144,9 +163,13 @@ def compare(args) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (argv, default sys.argv); device "auto" resolved."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--views", type=int, default=24)
-    ap.add_argument("--size", type=int, default=96)
-    ap.add_argument("--budget", type=float, default=240.0, help="training seconds per model")
+    defaults = SyntheticConfig()
+    ap.add_argument("--views", type=int, default=defaults.views)
+    ap.add_argument("--size", type=int, default=defaults.size)
+    budget = ap.add_mutually_exclusive_group()
+    budget.add_argument("--nerf-steps", type=int, default=None,
+                        help=f"budget: the seconds the NeRF takes for this many steps here (default {NERF_STEPS})")
+    budget.add_argument("--budget", type=float, default=None, help="budget: training seconds per model")
     ap.add_argument("--orbit", type=int, default=60)
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--upsample", type=int, default=4)
@@ -159,6 +182,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--frame", type=Path, default=None,
                     help="write the first held-out view at 4x the side, NeRF | feature field, to this PNG")
     args = ap.parse_args(argv)
+    if args.budget is None and args.nerf_steps is None:
+        args.nerf_steps = NERF_STEPS
+    if (args.budget is not None and args.budget <= 0) or (args.nerf_steps is not None and args.nerf_steps < 1):
+        ap.error("the budget must be positive")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
@@ -168,7 +195,8 @@ def main() -> None:
     args = parse_args()
     t = time.perf_counter()
     figures = compare(args)
-    config = {"scene": f"synthetic {args.views} views {args.size} px", "budget_s": args.budget, "orbit": args.orbit,
+    config = {"scene": f"synthetic {args.views} views {args.size} px", "budget_s": figures["feature_field"]["budget_s"],
+              "budget_from": f"NeRF {args.nerf_steps} steps" if args.nerf_steps else "seconds", "orbit": args.orbit,
               "upsample": args.upsample, "feature_dim": args.feature_dim, "patch_size": args.patch_size,
               "pixel_features": args.pixel_features, "skip_kernel": args.skip_kernel,
               "common": COMMON, "wall_s": time.perf_counter() - t}
