@@ -86,7 +86,7 @@ def train_within(capture, config: TrainConfig, budget: float | None, steps: int 
     The record's train_seconds is the wall time of the real run, set-up (resize, pixel store, model) included.
     """
     if (budget is None) == (steps is None):
-        raise ValueError("give a budget in seconds or a number of steps, not both")
+        raise ValueError("give exactly one of a budget in seconds and a number of steps")
     pilot = steps_in(capture, config, budget) if steps is None else None
     config = TrainConfig.from_dict({**config.to_dict(), "steps": steps or pilot})
     over = (lambda: False) if budget is None else (lambda: time.perf_counter() - t > budget)

@@ -462,7 +462,7 @@ def test_feature_bench_budget_is_the_nerfs_steps_unless_seconds_are_given():
         with pytest.raises(SystemExit):
             parse_args(["--device", "cpu", *bad])
     for budget, steps in ((None, None), (10.0, 100)):
-        with pytest.raises(ValueError, match="not both"):
+        with pytest.raises(ValueError, match="exactly one"):
             train_within(None, TrainConfig(), budget, steps)
 
 
