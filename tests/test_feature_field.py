@@ -419,6 +419,17 @@ def test_fox_short_run_renders_views_and_a_foreground_mesh_without_its_support(f
     assert in_slab < 0.2
 
 
+def feature_bench():
+    """benchmarks/feature_bench.py as a module (the benchmarks folder put on sys.path once)."""
+    import importlib
+    import sys
+
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module("feature_bench")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(5400)
 def test_feature_field_against_nerf_at_the_same_budget():
@@ -427,14 +438,11 @@ def test_feature_field_against_nerf_at_the_same_budget():
     steps, NERFSERVE_FEATURE_BUDGET gives seconds instead): PSNR within 1.5 dB, >= 8x faster full-resolution
     frames, and the orbit warp error (both computed here) at most 1.5x the NeRF's."""
     import os
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from feature_bench import compare, parse_args
-
+    bench = feature_bench()
     seconds, steps = os.environ.get("NERFSERVE_FEATURE_BUDGET"), os.environ.get("NERFSERVE_FEATURE_NERF_STEPS")
     budget = ["--budget", seconds] if seconds else ["--nerf-steps", steps] if steps else []
-    figures = compare(parse_args(["--device", "cpu", *budget]))
+    figures = bench.compare(bench.parse_args(["--device", "cpu", *budget]))
     print({k: figures[k] for k in ("psnr_gap_db", "render_speedup", "warp_ratio")})
     assert figures["nerf"]["orbit"]["pairs"] == 59 and figures["feature_field"]["orbit"]["pairs"] == 59
     assert figures["feature_field"]["train_seconds"] <= figures["feature_field"]["budget_s"] * 1.05
@@ -446,15 +454,13 @@ def test_feature_field_against_nerf_at_the_same_budget():
 def test_feature_bench_budget_is_the_nerfs_steps_unless_seconds_are_given():
     """benchmarks/feature_bench.py: by default the synthetic capture's own size and a budget of the NeRF's
     NERF_STEPS; --budget gives seconds instead; both at once, or a budget of nothing, are refused."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from feature_bench import NERF_STEPS, parse_args, train_within
-
     from core.synthetic import SyntheticConfig
 
+    bench = feature_bench()
+    parse_args = bench.parse_args
+
     args = parse_args(["--device", "cpu"])
-    assert (args.nerf_steps, args.budget) == (NERF_STEPS, None)
+    assert (args.nerf_steps, args.budget) == (bench.NERF_STEPS, None)
     assert (args.views, args.size) == (SyntheticConfig().views, SyntheticConfig().size)
     args = parse_args(["--device", "cpu", "--budget", "240"])
     assert (args.nerf_steps, args.budget) == (None, 240.0)
@@ -463,7 +469,7 @@ def test_feature_bench_budget_is_the_nerfs_steps_unless_seconds_are_given():
             parse_args(["--device", "cpu", *bad])
     for budget, steps in ((None, None), (10.0, 100)):
         with pytest.raises(ValueError, match="exactly one"):
-            train_within(None, TrainConfig(), budget, steps)
+            bench.train_within(None, TrainConfig(), budget, steps)
 
 
 def test_feature_field_options_reach_the_train_config_from_the_cli_and_the_api():
