@@ -10,18 +10,18 @@ from pydantic import ValidationError
 from sqlalchemy import update
 from starlette.datastructures import UploadFile
 
-from api import store
 from api.errors import ApiError
-from api.intake import check_files
-from api.joblog import append_log
-from api.models import ApiKey, Job
 from api.schemas import JobOptions
 from api.services import Services
-from api.storage import CHUNK, atomic_write_chunks, remove_tree, safe_filename
+from service import crud
+from service.intake import check_files
+from service.joblog import append_log
+from service.models import ApiKey, Job
+from service.storage import CHUNK, atomic_write_chunks, remove_tree, safe_filename
 
 
 def check_in_flight(svc: Services, key: ApiKey) -> None:
-    n = store.count_in_flight(svc.db, key.id)
+    n = crud.count_in_flight(svc.db, key.id)
     limit = svc.settings.max_jobs_in_flight
     if n >= limit:
         raise ApiError(429, "too_many_jobs", f"this key has {n} jobs in flight, the limit is {limit}",
@@ -89,16 +89,16 @@ def admit(svc: Services, key: ApiKey, staging: Path, named: list[tuple[Path, str
         intake = check_files(named, s.max_images, 4 * s.max_upload_bytes)
         opts = options.to_store()
         if job_id is None:
-            job = store.create_job(svc.db, key.id, opts, state="queued", input_bytes=intake.bytes,
+            job = crud.create_job(svc.db, key.id, opts, state="queued", input_bytes=intake.bytes,
                                    input_files=intake.files)
         else:
             with svc.db.session() as sess:
                 res = sess.execute(update(Job).where(Job.id == job_id, Job.state == "uploading").values(
                     state="queued", options=opts, input_bytes=intake.bytes, input_files=intake.files,
-                    updated_at=store.now()))
+                    updated_at=crud.now()))
                 if res.rowcount != 1:
                     raise ApiError(409, "upload_not_open", "this upload was already committed or its job removed")
-            job = store.get_job(svc.db, job_id)
+            job = crud.get_job(svc.db, job_id)
             assert job is not None
         dirs = svc.storage.job_dirs(job.id)
         dirs.root.mkdir(parents=True, exist_ok=True)
@@ -106,11 +106,11 @@ def admit(svc: Services, key: ApiKey, staging: Path, named: list[tuple[Path, str
             os.replace(staging, dirs.inputs)
         except OSError:
             if job_id is None:
-                store.delete_job(svc.db, job.id)
+                crud.delete_job(svc.db, job.id)
             raise
     finally:
         remove_tree(staging)
     append_log(svc.storage.log_path(job.id), f"job created: {intake.files} files ({intake.images} images, "
                f"{intake.videos} videos, {intake.bytes} bytes); options {json.dumps(opts, sort_keys=True)}")
     svc.enqueue(job.id, "ingest")
-    return store.get_job(svc.db, job.id) or job
+    return crud.get_job(svc.db, job.id) or job

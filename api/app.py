@@ -15,7 +15,7 @@ from api.errors import install_handlers
 from api.limits import PART_ROUTE, UPLOAD_ROUTE, BodyLimit
 from api.routes import artifacts, health, jobs, renders, uploads
 from api.services import Services
-from api.settings import Settings, get_settings
+from service.settings import Settings, get_settings
 
 log = logging.getLogger("nerfserve.api")
 JSON_BODY_LIMIT = 1024 * 1024

@@ -8,9 +8,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import ApiError
-from api.keys import authenticate
-from api.models import ApiKey
 from api.services import Services
+from service.keys import authenticate
+from service.models import ApiKey
 
 bearer = HTTPBearer(auto_error=False, description="an API key from `nerfserve keys create NAME`")
 

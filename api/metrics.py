@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from api import store
-from api.models import JOB_STATES
 from api.services import Services
+from service import crud
+from service.models import JOB_STATES
 
 
 def _line(name: str, labels: dict[str, str], value: float) -> str:
@@ -14,12 +14,12 @@ def _line(name: str, labels: dict[str, str], value: float) -> str:
 
 def render_metrics(svc: Services) -> str:
     out: list[str] = []
-    counts = store.count_by_state(svc.db)
+    counts = crud.count_by_state(svc.db)
     out += ["# HELP nerfserve_jobs Jobs by state.", "# TYPE nerfserve_jobs gauge"]
     out += [_line("nerfserve_jobs", {"state": s}, counts.get(s, 0)) for s in JOB_STATES]
     out += ["# HELP nerfserve_stage_duration_seconds Time spent in each completed stage.",
             "# TYPE nerfserve_stage_duration_seconds summary"]
-    for stage, (total, n) in sorted(store.stage_duration_stats(svc.db).items()):
+    for stage, (total, n) in sorted(crud.stage_duration_stats(svc.db).items()):
         out.append(_line("nerfserve_stage_duration_seconds_sum", {"stage": stage}, total))
         out.append(_line("nerfserve_stage_duration_seconds_count", {"stage": stage}, n))
     out += ["# HELP nerfserve_queue_depth Messages waiting in each queue.", "# TYPE nerfserve_queue_depth gauge"]

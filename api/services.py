@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from api import store
-from api.db import Database
-from api.settings import Settings
-from api.storage import Storage
-from workers.broker import BrokerView
-from workers.queues import enqueue_render, enqueue_stage, make_celery
-from workers.reconciler import ReconcileReport, ReconcilerThread, reconcile_once
+from service import crud
+from service.broker import BrokerView
+from service.db import Database
+from service.queues import enqueue_render, enqueue_stage, make_celery
+from service.reconciler import ReconcileReport, ReconcilerThread, reconcile_once
+from service.settings import Settings
+from service.storage import Storage
 
 log = logging.getLogger("nerfserve.api")
 
@@ -41,7 +41,7 @@ class Services:
         except Exception as e:
             log.warning("enqueue of %s failed (the reconciler will retry): %s", job_id, e)
             return False
-        store.mark_enqueued(self.db, job_id)
+        crud.mark_enqueued(self.db, job_id)
         return True
 
     def enqueue_render(self, render_id: str) -> None:

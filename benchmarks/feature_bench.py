@@ -14,11 +14,11 @@ that fit; the real run makes that many steps (a complete schedule) and is stoppe
 there first (the training seconds and steps are reported). With `--budget` both models are trained that way.
 The capture is the synthetic one at its own default size (SyntheticConfig: 40 views, 200 px). Figures, per
 model:
-- psnr_holdout: held-out views (every 8th) at full resolution, on white (core.train.evaluate);
+- psnr_holdout: held-out views (every 8th) at full resolution, on white (core.engine.train.evaluate);
 - render_s: seconds per full-resolution frame (median of 3, after a warm-up), and at 4x the side;
 - orbit warp_l1: a `--orbit`-frame orbit of the synthetic capture, each frame warped to the next with the
   rendered depth and the known poses; mean absolute colour difference on co-visible pixels
-  (core.evaluation.orbit_consistency). For the feature field with its default depth (feature resolution,
+  (core.engine.evaluation.orbit_consistency). For the feature field with its default depth (feature resolution,
   guided upsampling) and, with --exact-depth-orbit, again with exact (full-resolution) depth.
 And the issue-6 criteria: PSNR gap <= 1.5 dB, render speed-up >= 8x, warp ratio <= 1.5.
 With --frame, the first held-out view as each model renders it at 4x the training side (NeRF left, feature
@@ -39,12 +39,12 @@ import numpy as np
 import torch
 from render_bench import machine, sync
 
-from core.config import TrainConfig
+from core.dataparsers.synthetic import SyntheticConfig, orbit_poses, render_synthetic
+from core.engine.evaluation import evaluate, orbit_consistency
+from core.engine.loop import checkpoint_step, latest_checkpoint
+from core.engine.train import train
 from core.errors import Cancelled
-from core.evaluation import evaluate, orbit_consistency
-from core.loop import checkpoint_step, latest_checkpoint
-from core.synthetic import SyntheticConfig, orbit_poses, render_synthetic
-from core.train import train
+from core.models.config import TrainConfig
 
 COMMON = dict(batch_rays=1024, grid_levels=12, grid_log2_size=17, grid_max_res=512, march_steps=128,
               grid_resolution=32, checkpoint_every=10 ** 9)

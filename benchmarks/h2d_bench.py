@@ -1,4 +1,4 @@
-"""Host gather and host-to-device throughput of the ray batch stream (core.data), as JSON.
+"""Host gather and host-to-device throughput of the ray batch stream (core.engine.data), as JSON.
 
     python benchmarks/h2d_bench.py                      # 100 images of 800x600, batch 65536
     python benchmarks/h2d_bench.py --images 20 --device cpu --steps 30 --mode selective
@@ -23,8 +23,8 @@ import time
 import numpy as np
 import torch
 
-from core.data import PixelStore, RayBatchStream
-from core.data.stream import mix_seed, permutation_walk
+from core.engine.data import PixelStore, RayBatchStream
+from core.engine.data.stream import mix_seed, permutation_walk
 
 
 def cpu_name() -> str:

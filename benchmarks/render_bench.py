@@ -37,19 +37,22 @@ def machine(device: str) -> dict:
 
 
 def load_or_train(args) -> tuple[object, dict]:
-    from core.config import TrainConfig
-    from core.scene import TrainedScene
+    from core.models.config import TrainConfig
+    from core.scene.load import load_scene
 
     if args.analytic:
-        from core.export.analytic import AnalyticScene
+        import sys
 
-        return AnalyticScene(n_views=16, size=128), {"scene": "analytic stand-in (core.export.analytic)"}
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixtures' stand-in scene
+        from fixtures.analytic import AnalyticScene
+
+        return AnalyticScene(n_views=16, size=128), {"scene": "analytic stand-in (fixtures.analytic)"}
     if args.run_dir:
         run = Path(args.run_dir)
-        return TrainedScene.load(run / "scene" if (run / "scene").is_dir() else run, device=args.device), {
+        return load_scene(run / "scene" if (run / "scene").is_dir() else run, device=args.device), {
             "scene": str(run)}
-    from core.synthetic import SyntheticConfig, render_synthetic
-    from core.train import train
+    from core.dataparsers.synthetic import SyntheticConfig, render_synthetic
+    from core.engine.train import train
 
     syn = render_synthetic(SyntheticConfig(views=40, size=128))
     t = time.perf_counter()

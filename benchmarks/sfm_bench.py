@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core.geo import compare_poses, geodetic_to_enu
-from core.ingest import ingest
-from core.readers import read_transforms_json
-from core.sfm import SfmConfig, estimate_poses
+from core.dataparsers.geo import compare_poses, geodetic_to_enu
+from core.dataparsers.ingest import ingest
+from core.dataparsers.readers import read_transforms_json
+from core.dataparsers.sfm import SfmConfig, estimate_poses
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.config import TrainConfig  # noqa: E402
-from core.data import PixelStore, RayBatchStream  # noqa: E402
-from core.scene import resolve_device  # noqa: E402
-from core.synthetic import SyntheticConfig, render_synthetic  # noqa: E402
-from core.train import train  # noqa: E402
+from core.dataparsers.synthetic import SyntheticConfig, render_synthetic  # noqa: E402
+from core.engine.data import PixelStore, RayBatchStream  # noqa: E402
+from core.engine.train import train  # noqa: E402
+from core.models.config import TrainConfig  # noqa: E402
+from core.scene.trained import resolve_device  # noqa: E402
 
 
 def machine_info(device: torch.device) -> dict:

@@ -1,6 +1,8 @@
 """Stage glue: ingest -> poses -> train -> export (and renders), one job folder, no service imports.
 
-Used by the workers (one Celery task per stage) and by `nerfserve reconstruct` (all stages in-process).
+Used by the workers (one Celery task per stage) and by `nerfserve reconstruct` (all stages in-process). This module
+is light (no torch): the API imports it for the job folder and the stage table; the stage bodies, which import
+the engine, are in `core.stages`.
 Each stage reads what the previous one wrote under the job folder, writes its own outputs atomically,
 and leaves a marker `stages/<stage>.json` when it is complete, so a stage that is run again skips
 (idempotent); training resumes from its newest checkpoint.
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -46,7 +47,7 @@ OPTION_STAGE = {"max_image_size": "ingest", "matcher": "poses", "preset": "train
 class PipelineOptions:
     """What the user asked for; every default works.
 
-    preset: "fast" | "balanced" | "quality" (core.train.TrainConfig.preset).
+    preset: "fast" | "balanced" | "quality" (core.engine.train.TrainConfig.preset).
     model: "nerf" | "feature_field"; feature_dim, upsample: the feature field's; composition: "on" | "off"
         (a foreground field plus a contracted background field); margin_loss: "on" | "off" (the feature
         field's TrainConfig.margin_loss).
@@ -166,7 +167,7 @@ class Pipeline:
 
 
 def load_pipeline(spec: str) -> Pipeline:
-    """Import a Pipeline from "package.module:ATTRIBUTE" (the default is core.pipeline:PIPELINE)."""
+    """Import a Pipeline from "package.module:ATTRIBUTE" (the default is core.stages:PIPELINE)."""
     module, _, attr = spec.partition(":")
     obj = getattr(importlib.import_module(module), attr or "PIPELINE")
     if not isinstance(obj, Pipeline):
@@ -232,98 +233,3 @@ def read_manifest(dirs: JobDirs) -> dict | None:
         return json.loads((dirs.outputs / "manifest.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-
-
-# ---- the real stage bodies (core.ingest, core.sfm, core.train, core.export) ----------------------
-
-
-def _input_files(dirs: JobDirs) -> list[Path]:
-    return sorted(p for p in dirs.inputs.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
-def ingest_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
-    """Decode and resize the uploads into dirs.ingest (images, report)."""
-    from core.ingest import IngestConfig, ingest
-
-    result = ingest(_input_files(dirs), dirs.ingest, IngestConfig(max_side=options.max_image_size), progress)
-    result.save()
-    return {"images": len(result.image_paths), "rejected": len(result.rejected),
-            "known_poses": result.known_poses is not None}
-
-
-def poses_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
-    """Estimate camera poses from dirs.ingest into dirs.sfm (transforms.json, report)."""
-    from core.ingest import IngestResult
-    from core.sfm import SfmConfig, estimate_poses
-
-    cfg = SfmConfig(matcher=options.matcher)
-    result = estimate_poses(IngestResult.load(dirs.ingest), dirs.sfm, cfg, progress, should_stop)
-    report = getattr(result, "report", None) or {}
-    keys = ("registered", "images", "registered_fraction", "mean_reprojection_error_px", "points3d", "matcher")
-    return {k: report[k] for k in keys if isinstance(report, dict) and k in report}
-
-
-def train_config(options: PipelineOptions, device: str | None = None):
-    """The core.train.TrainConfig for these options."""
-    from core.config import TrainConfig
-
-    over: dict = {"model": options.model, "device": device or options.device, "feature_dim": options.feature_dim,
-                  "upsample": options.upsample, "composition": options.composition == "on",
-                  "margin_loss": options.margin_loss == "on"}
-    if options.steps:
-        # A short run still checkpoints about ten times, so a crashed worker loses little.
-        base = TrainConfig.preset(options.preset)
-        over["steps"] = int(options.steps)
-        over["checkpoint_every"] = max(10, min(base.checkpoint_every, int(options.steps) // 10))
-    return TrainConfig.preset(options.preset, **over)
-
-
-def train_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
-    """Train on dirs.sfm's capture; checkpoints in dirs.checkpoints (resumed); the scene in dirs.scene."""
-    from core.readers import load_capture
-    from core.train import train
-
-    capture = load_capture(dirs.sfm)
-    scene = train(capture, train_config(options), progress, should_stop, checkpoint_dir=dirs.checkpoints,
-                  resume=True)
-    tmp = dirs.root / ".scene.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    scene.save(tmp)
-    shutil.rmtree(dirs.scene, ignore_errors=True)
-    os.replace(tmp, dirs.scene)
-    return {k: v for k, v in scene.metrics.items() if isinstance(v, int | float | str)}
-
-
-def export_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
-    """Export the trained scene into dirs.outputs (and outputs/manifest.json)."""
-    from core.export import ExportConfig, export_all
-    from core.readers import load_capture
-    from core.scene import TrainedScene
-
-    scene = TrainedScene.load(dirs.scene, device=options.device)
-    kw: dict = {"what": tuple(options.outputs), "mesh_resolution": options.mesh_resolution,
-                "mesh_part": options.mesh_part}
-    if options.mesh_method != "auto":
-        kw["mesh_method"] = options.mesh_method
-    manifest = export_all(scene, dirs.outputs, ExportConfig(**kw), progress, should_stop,
-                          capture=load_capture(dirs.sfm))
-    return {"files": len(manifest.get("files", []))}
-
-
-def render_stage(dirs: JobDirs, request: RenderRequest, out_dir: Path, progress: ProgressFn,
-                 should_stop: StopFn) -> list[Path]:
-    """Render novel views of dirs.scene into out_dir; returns the files written."""
-    from core.export import render_poses
-    from core.scene import TrainedScene
-
-    scene = TrainedScene.load(dirs.scene)
-    k0 = scene.intrinsics[0].scaled(request.width, request.height)
-    if request.focal is not None:
-        from dataclasses import replace
-
-        k0 = replace(k0, fx=float(request.focal[0]), fy=float(request.focal[1]))
-    return list(render_poses(scene, np.asarray(request.c2w, dtype=np.float64), k0, out_dir, what=request.what))
-
-
-PIPELINE = Pipeline(ingest=ingest_stage, poses=poses_stage, train=train_stage, export=export_stage,
-                    render=render_stage)

@@ -47,6 +47,6 @@ def brighton_dir() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_small():
     """A small in-memory synthetic capture with ground truth (24 views, 96 px)."""
-    from core.synthetic import SyntheticConfig, render_synthetic
+    from core.dataparsers.synthetic import SyntheticConfig, render_synthetic
 
     return render_synthetic(SyntheticConfig(views=24, size=96))

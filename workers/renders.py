@@ -8,11 +8,11 @@ import time
 import numpy as np
 from sqlalchemy import update
 
-from api.models import Job, Render
-from api.storage import file_sha256
 from core.errors import UserInputError
 from core.pipeline import RenderRequest
 from core.progress import never_stop, no_progress
+from service.models import Job, Render
+from service.storage import file_sha256
 from workers.runner import WorkerContext, free_accelerator
 
 log = logging.getLogger("nerfserve.worker")

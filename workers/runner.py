@@ -18,14 +18,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from api import store
-from api.db import Database
-from api.joblog import append_log
-from api.settings import Settings
-from api.storage import Storage
 from core.errors import Cancelled, UserInputError
 from core.pipeline import STAGE_BAND, Pipeline, PipelineOptions, run_stage
 from core.progress import ProgressEvent
+from service import crud
+from service.db import Database
+from service.joblog import append_log
+from service.reconciler import fail_worker_lost
+from service.settings import Settings
+from service.storage import Storage
 
 log = logging.getLogger("nerfserve.worker")
 
@@ -90,12 +91,12 @@ class Heartbeat:
         while not self._done.wait(tick):
             try:
                 if time.monotonic() - last_renew >= s.heartbeat_s:
-                    held, cancel = store.renew_lease(self.ctx.db, self.job_id, self.worker)
+                    held, cancel = crud.renew_lease(self.ctx.db, self.job_id, self.worker)
                     last_renew = time.monotonic()
                     if not held:
                         self.lose()
                 else:
-                    job = store.get_job(self.ctx.db, self.job_id)
+                    job = crud.get_job(self.ctx.db, self.job_id)
                     cancel = job is None or job.cancel_requested
             except Exception as e:  # a database hiccup: keep working, try again next tick
                 log.warning("heartbeat for %s failed: %s", self.job_id, e)
@@ -105,7 +106,7 @@ class Heartbeat:
                 cancel_seen = time.monotonic()
                 self._stop.set()
             if cancel_seen is not None and time.monotonic() - cancel_seen > s.cancel_grace_s and in_pool_child():
-                store.end_job(self.ctx.db, self.job_id, "cancelled", "cancelled", "cancelled by the user",
+                crud.end_job(self.ctx.db, self.job_id, "cancelled", "cancelled", "cancelled by the user",
                               worker=self.worker)
                 append_log(self.ctx.storage.log_path(self.job_id), "cancelled (stage did not stop; worker "
                            "process ended)")
@@ -134,7 +135,7 @@ class ProgressWriter:
             eta = (t - self.started) * (1 - frac) / frac
         metrics = {f"{self.stage}.{k}": v for k, v in ev.metrics.items()
                    if isinstance(v, int | float | str) and not isinstance(v, bool) and k != "eta_s"}
-        if not store.report_progress(self.ctx.db, self.job_id, self.worker, self.stage, frac,
+        if not crud.report_progress(self.ctx.db, self.job_id, self.worker, self.stage, frac,
                                      None if eta is None else float(eta), metrics):
             self.hb.lose()
             return
@@ -164,7 +165,7 @@ def run_stage_task(ctx: WorkerContext, job_id: str, stage: str) -> str:
     s = ctx.settings
     worker = worker_id()
     logp = ctx.storage.log_path(job_id)
-    lease = store.take_lease(ctx.db, job_id, stage, worker, s.lease_timeout_s, s.max_attempts)
+    lease = crud.take_lease(ctx.db, job_id, stage, worker, s.lease_timeout_s, s.max_attempts)
     if not lease.ok:
         return _not_taken(ctx, job_id, stage, lease)
     job = lease.job
@@ -183,13 +184,13 @@ def run_stage_task(ctx: WorkerContext, job_id: str, stage: str) -> str:
             if hb.lost:
                 append_log(logp, f"[{stage}] stopped: lease lost to another worker")
                 return "lease lost"
-            store.end_job(ctx.db, job_id, "cancelled", "cancelled", "cancelled by the user", worker=worker)
+            crud.end_job(ctx.db, job_id, "cancelled", "cancelled", "cancelled by the user", worker=worker)
             append_log(logp, f"[{stage}] cancelled")
             _notify(ctx, job_id)
             return "cancelled"
         except UserInputError as e:
             free_accelerator()
-            store.end_job(ctx.db, job_id, "failed", e.code, f"{e.message} {e.hint}".strip(), worker=worker)
+            crud.end_job(ctx.db, job_id, "failed", e.code, f"{e.message} {e.hint}".strip(), worker=worker)
             append_log(logp, f"[{stage}] failed: {e.code}: {e.message} {e.hint}".rstrip())
             _notify(ctx, job_id)
             return "failed"
@@ -197,13 +198,13 @@ def run_stage_task(ctx: WorkerContext, job_id: str, stage: str) -> str:
             free_accelerator()
             log.exception("stage %s of job %s failed", stage, job_id)
             msg = f"stage {stage} failed: {type(e).__name__}: {e}"[:2000]
-            store.end_job(ctx.db, job_id, "failed", "stage_error", msg, worker=worker)
+            crud.end_job(ctx.db, job_id, "failed", "stage_error", msg, worker=worker)
             append_log(logp, f"[{stage}] failed: {msg}")
             _notify(ctx, job_id)
             return "failed"
     if hb.lost:
         return "lease lost"
-    nxt = store.finish_stage(ctx.db, job_id, worker, stage, metrics)
+    nxt = crud.finish_stage(ctx.db, job_id, worker, stage, metrics)
     append_log(logp, f"[{stage}] done ({writer.reports} progress reports)")
     if nxt == "succeeded":
         append_log(logp, "job succeeded")
@@ -217,13 +218,13 @@ def _publish(ctx: WorkerContext, job_id: str, stage: str) -> None:
     """Hand the job to the next stage's queue. If the broker is down, the reconciler re-enqueues it."""
     try:
         ctx.enqueue_stage(job_id, stage)
-        store.mark_enqueued(ctx.db, job_id)
+        crud.mark_enqueued(ctx.db, job_id)
     except Exception as e:
         log.warning("could not enqueue %s for %s (the reconciler will): %s", stage, job_id, e)
 
 
 def _notify(ctx: WorkerContext, job_id: str) -> None:
-    job = store.get_job(ctx.db, job_id)
+    job = crud.get_job(ctx.db, job_id)
     if job is None or not (job.options or {}).get("webhook_url"):
         return
     try:
@@ -232,11 +233,11 @@ def _notify(ctx: WorkerContext, job_id: str) -> None:
         log.warning("could not enqueue the webhook of %s: %s", job_id, e)
 
 
-def _not_taken(ctx: WorkerContext, job_id: str, stage: str, lease: store.LeaseResult) -> str:
+def _not_taken(ctx: WorkerContext, job_id: str, stage: str, lease: crud.LeaseResult) -> str:
     """A task that did not get the lease: finish off what only it can (cancel, give up), else do nothing."""
     logp = ctx.storage.log_path(job_id)
     if lease.why == "cancel requested":
-        if store.end_job(ctx.db, job_id, "cancelled", "cancelled", "cancelled by the user"):
+        if crud.end_job(ctx.db, job_id, "cancelled", "cancelled", "cancelled by the user"):
             append_log(logp, f"[{stage}] cancelled before it started")
             _notify(ctx, job_id)
     elif lease.why == "attempts exhausted":
@@ -244,13 +245,3 @@ def _not_taken(ctx: WorkerContext, job_id: str, stage: str, lease: store.LeaseRe
         _notify(ctx, job_id)
     log.info("job %s stage %s not run: %s", job_id, stage, lease.why)
     return f"skipped: {lease.why}"
-
-
-def fail_worker_lost(db: Database, storage: Storage, job_id: str, stage: str, attempts: int) -> bool:
-    """Fail a job whose worker died on every attempt (e.g. killed for running out of memory)."""
-    msg = (f"the worker running stage '{stage}' died without reporting on {attempts} attempts (killed, "
-           "e.g. out of memory). Try smaller images (max_image_size), the 'fast' preset, or fewer images.")
-    if store.end_job(db, job_id, "failed", "worker_lost", msg):
-        append_log(storage.log_path(job_id), f"[{stage}] failed: worker_lost: {msg}")
-        return True
-    return False

@@ -11,8 +11,8 @@ import os
 
 from celery import Task, shared_task
 
-from api.settings import Settings, get_settings
-from workers import queues
+from service import queues
+from service.settings import Settings, get_settings
 from workers.runner import WorkerContext, run_stage_task
 
 _CONTEXT: tuple[int, WorkerContext] | None = None
@@ -23,9 +23,9 @@ def context(app) -> WorkerContext:
     global _CONTEXT
     if _CONTEXT is not None and _CONTEXT[0] == os.getpid():
         return _CONTEXT[1]
-    from api.db import Database
-    from api.storage import Storage
     from core.pipeline import load_pipeline
+    from service.db import Database
+    from service.storage import Storage
 
     settings: Settings = getattr(app, "nerfserve_settings", None) or get_settings()
     db = Database(settings.db_url)

@@ -8,16 +8,16 @@ import json
 
 import httpx
 
-from api import store
-from api.joblog import append_log
-from api.schemas import job_out
+from service import crud
+from service.joblog import append_log
+from service.views import job_out
 from workers.runner import WorkerContext
 
 SIGNATURE_HEADER = "X-Nerfserve-Signature"
 
 
 def payload(ctx: WorkerContext, job_id: str) -> bytes | None:
-    job = store.get_job(ctx.db, job_id)
+    job = crud.get_job(ctx.db, job_id)
     if job is None or not (job.options or {}).get("webhook_url"):
         return None
     body = {"event": f"job.{job.state}", "job": job_out(job, ctx.settings.public_url.rstrip("/"))
@@ -34,7 +34,7 @@ def deliver(ctx: WorkerContext, job_id: str, attempt: int) -> tuple[str, bool]:
     body = payload(ctx, job_id)
     if body is None:
         return "no webhook", False
-    job = store.get_job(ctx.db, job_id)
+    job = crud.get_job(ctx.db, job_id)
     assert job is not None
     url = job.options["webhook_url"]
     headers = {"Content-Type": "application/json", "User-Agent": "nerfserve-webhook"}
@@ -48,6 +48,6 @@ def deliver(ctx: WorkerContext, job_id: str, attempt: int) -> tuple[str, bool]:
         outcome, retry = f"{type(e).__name__}", True
     final = not retry or attempt > ctx.settings.webhook_retries
     status = f"{'delivered' if not retry else 'failed' if final else 'retrying'}: {outcome} (attempt {attempt})"
-    store.update_job(ctx.db, job_id, webhook_status=status, updated_at=job.updated_at)
+    crud.update_job(ctx.db, job_id, webhook_status=status, updated_at=job.updated_at)
     append_log(ctx.storage.log_path(job_id), f"webhook {status}")
     return status, retry

@@ -11,8 +11,8 @@ from api.deps import Key, Svc, base_url
 from api.errors import ApiError
 from api.routes.jobs import ERRORS, owned
 from api.schemas import ArtifactsOut, ErrorOut, FileOut
-from api.storage import resolve_inside
 from core.pipeline import read_manifest
+from service.storage import resolve_inside
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"])
 

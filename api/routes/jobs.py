@@ -6,16 +6,16 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from api import store
 from api.admission import admit, check_in_flight, parse_options, receive_files, validate_options
 from api.deps import Key, Svc, base_url
 from api.errors import ApiError, not_found
-from api.joblog import append_log, read_log
 from api.limits import BodyTooLarge
-from api.models import TERMINAL_STATES, Job
 from api.schemas import ErrorOut, JobList, JobOut, LogOut, RestartIn, job_out
-from api.storage import remove_tree
 from core.pipeline import STAGES, first_stage_for_changes, invalidate_from
+from service import crud
+from service.joblog import append_log, read_log
+from service.models import TERMINAL_STATES, Job
+from service.storage import remove_tree
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -38,7 +38,7 @@ MULTIPART_BODY = {
 
 
 def owned(svc, key, job_id: str) -> Job:
-    job = store.get_job(svc.db, job_id, owner=key.id)
+    job = crud.get_job(svc.db, job_id, owner=key.id)
     if job is None:
         raise not_found("job")
     return job
@@ -101,7 +101,7 @@ def _stage_and_admit(svc, key, uploads: list[UploadFile], options) -> Job:
 def list_jobs(request: Request, svc: Svc, key: Key, limit: int = Query(20, ge=1, le=200),
               offset: int = Query(0, ge=0, le=10**9), state: str | None = Query(None, max_length=32)) -> JobList:
     """The caller's jobs, newest first."""
-    rows, total = store.list_jobs(svc.db, key.id, limit, offset, state)
+    rows, total = crud.list_jobs(svc.db, key.id, limit, offset, state)
     base = base_url(request)
     nxt = f"{base}/v1/jobs?limit={limit}&offset={offset + limit}" if offset + limit < total else None
     return JobList(items=[job_out(j, base) for j in rows], total=total, limit=limit, offset=offset, next=nxt)
@@ -127,7 +127,7 @@ def cancel_job(job_id: str, request: Request, svc: Svc, key: Key) -> JobOut:
     """Stop the job. A running stage stops at its next check (seconds); the state becomes `cancelled`."""
     job = owned(svc, key, job_id)
     if job.state not in TERMINAL_STATES:
-        state = store.request_cancel(svc.db, job.id, svc.settings.lease_timeout_s)
+        state = crud.request_cancel(svc.db, job.id, svc.settings.lease_timeout_s)
         append_log(svc.storage.log_path(job.id), f"cancel requested (state now {state})")
     return job_out(owned(svc, key, job_id), base_url(request))
 
@@ -150,7 +150,7 @@ def restart_job(job_id: str, request: Request, svc: Svc, key: Key, body: Restart
         raise ApiError(409, "nothing_to_redo", "the job already succeeded with these options",
                        "pass changed options, e.g. {\"options\": {\"mesh_resolution\": 512}}")
     check_in_flight(svc, key)
-    restarted = store.restart_job(svc.db, job.id, new, done)
+    restarted = crud.restart_job(svc.db, job.id, new, done)
     if restarted is None:
         raise ApiError(409, "job_running", "the job was started meanwhile")
     append_log(svc.storage.log_path(job.id), f"restart requested at stage {restarted.stage}")
@@ -163,10 +163,10 @@ def delete_job(job_id: str, svc: Svc, key: Key) -> Response:
     """Cancel the job if it runs, then remove its row and all of its files."""
     job = owned(svc, key, job_id)
     if job.state not in TERMINAL_STATES:
-        store.request_cancel(svc.db, job.id, svc.settings.lease_timeout_s)
+        crud.request_cancel(svc.db, job.id, svc.settings.lease_timeout_s)
     from api.routes.uploads import remove_uploads_of
 
     remove_uploads_of(svc, job.id)
-    store.delete_job(svc.db, job.id)
+    crud.delete_job(svc.db, job.id)
     svc.storage.remove_job(job.id)
     return Response(status_code=204)

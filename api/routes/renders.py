@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request
 
 from api.deps import Key, Svc, base_url
 from api.errors import ApiError, not_found
-from api.models import Render
 from api.routes.jobs import ERRORS, owned
 from api.schemas import ErrorOut, RenderIn, RenderOut, render_out
+from service.models import Render
 
 router = APIRouter(prefix="/v1/jobs", tags=["renders"])
 

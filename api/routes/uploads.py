@@ -15,15 +15,15 @@ import uuid
 from fastapi import APIRouter, Header, Path, Request
 from sqlalchemy import select
 
-from api import store
 from api.admission import admit, check_in_flight
 from api.deps import Key, Svc, base_url
 from api.errors import ApiError, not_found
-from api.intake import IMAGE_EXT, VIDEO_EXT
-from api.models import Upload
 from api.schemas import CommitIn, ErrorOut, JobOut, PartOut, UploadCreate, UploadOut, job_out
 from api.services import Services
-from api.storage import CHUNK, atomic_write_chunks, remove_tree, safe_filename
+from service import crud
+from service.intake import IMAGE_EXT, VIDEO_EXT
+from service.models import Upload
+from service.storage import CHUNK, atomic_write_chunks, remove_tree, safe_filename
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 ERRORS = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}}
@@ -74,7 +74,7 @@ def create_upload(body: UploadCreate, request: Request, svc: Svc, key: Key) -> U
         raise ApiError(413, "too_large", f"{body.size} bytes is over the limit of "
                        f"{svc.settings.max_upload_bytes}", "send fewer or smaller images")
     check_in_flight(svc, key)
-    job = store.create_job(svc.db, key.id, {}, state="uploading")
+    job = crud.create_job(svc.db, key.id, {}, state="uploading")
     t = time.time()
     up = Upload(id=str(uuid.uuid4()), owner=key.id, created_at=t, updated_at=t, filename=name, size=body.size,
                 state="open", job_id=job.id)
@@ -124,7 +124,7 @@ async def put_part(request: Request, svc: Svc, key: Key, upload_id: str,
         old.unlink(missing_ok=True)
     tmp.rename(d / f"part-{number:06d}.{digest}")
     if up.job_id:
-        store.update_job(svc.db, up.job_id)  # still active: keeps the upload from expiring
+        crud.update_job(svc.db, up.job_id)  # still active: keeps the upload from expiring
     return PartOut(number=number, size=size, sha256=digest)
 
 

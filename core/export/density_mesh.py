@@ -15,9 +15,9 @@ import trimesh
 
 from core.export.grid import Occupancy, VoxelGrid, grid_over_box
 from core.export.marching import ChunkSampler, marching_cubes_chunked
-from core.export.projection import backproject_depth
 from core.export.renders import ViewRender
 from core.export.scene_api import SceneLike
+from core.functional.projection import backproject_depth
 from core.progress import StopFn, never_stop
 
 QUERY_BATCH = 1 << 18

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from core.capture import FrameInfo
 from core.export.colormap import depth_preview, robust_range
 from core.export.files import write_json_atomic, write_npy_atomic, write_png_atomic
 from core.export.manifest import Artifact
 from core.export.renders import ViewRender
+from core.scene.capture import FrameInfo
 
 PNG_MAX = 65535
 

@@ -18,8 +18,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.capture import FrameInfo
 from core.export.files import write_json_atomic
+from core.scene.capture import FrameInfo
 
 MANIFEST_NAME = "manifest.json"
 KINDS = ("depth", "depth_png", "depth_vis", "confidence", "mesh", "pointcloud", "view", "video", "meta")

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 import trimesh
 
-from core.cameras import Intrinsics
-from core.export.projection import project_to_pixels
 from core.export.renders import ViewRender
 from core.export.visibility import seen_at_surface
+from core.functional.cameras import Intrinsics
+from core.functional.projection import project_to_pixels
 
 
 def keep_large_components(mesh: trimesh.Trimesh, min_ratio: float) -> trimesh.Trimesh:

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.export.projection import sample_nearest
 from core.export.renders import ViewRender
 from core.export.visibility import surface_depth, view_visibility
+from core.functional.projection import sample_nearest
 
 GREY = 0.5
 

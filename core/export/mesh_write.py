@@ -12,8 +12,8 @@ import numpy as np
 import trimesh
 
 from core.atomic import atomic_write_bytes
-from core.capture import FrameInfo
 from core.export.manifest import Artifact
+from core.scene.capture import FrameInfo
 
 MESH_FORMATS = ("ply", "obj", "glb")
 

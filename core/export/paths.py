@@ -14,8 +14,8 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 from scipy.spatial.transform import Rotation, Slerp
 
-from core.cameras import Intrinsics
 from core.errors import UserInputError
+from core.functional.cameras import Intrinsics
 
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # right-multiply a c2w: flips the y and z camera axes
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from core.capture import Capture
 from core.errors import Cancelled
 from core.export.config import ExportConfig
 from core.export.density_mesh import density_mesh, mesh_box, surface_level
@@ -24,6 +23,8 @@ from core.export.tsdf import tsdf_mesh
 from core.export.video import write_mp4
 from core.export.views import render_path, scene_path
 from core.progress import ProgressEvent, ProgressFn, StopFn, never_stop, no_progress
+from core.scene.capture import Capture
+from core.scene.composition import PartScene, crop_to_foreground
 
 
 def _stage_reporter(progress: ProgressFn, stages: list[str]):
@@ -91,8 +92,6 @@ def build_mesh(scene: SceneLike, method: str, views: list[ViewRender], images: l
     if method == "density":
         part, level = scene, config.mesh_level
         if config.mesh_part != "all":
-            from core.composition import PartScene  # composition builds on core.export.projection
-
             part, level = PartScene(scene, config.mesh_part), level or surface_level(scene, views)
         mesh, info = density_mesh(part, views, config.mesh_resolution, occupancy, level, should_stop=should_stop)
     else:
@@ -100,8 +99,6 @@ def build_mesh(scene: SceneLike, method: str, views: list[ViewRender], images: l
         mesh, info = tsdf_mesh(grid, views, config.opacity_threshold, config.tsdf_truncation_voxels, occupancy,
                                should_stop=should_stop)
     if config.mesh_part == "foreground":
-        from core.composition import crop_to_foreground
-
         mesh = crop_to_foreground(mesh, scene)
     if config.mesh_cull_frusta:
         cams = scene.train_indices or list(range(len(scene.c2w)))

@@ -9,11 +9,11 @@ import numpy as np
 import trimesh
 
 from core.atomic import atomic_write_bytes
-from core.capture import FrameInfo
 from core.export.manifest import Artifact
 from core.export.mesh_colour import image_at_size
-from core.export.projection import backproject_depth
 from core.export.renders import ViewRender
+from core.functional.projection import backproject_depth
+from core.scene.capture import FrameInfo
 
 
 def backprojected_points(views: list[ViewRender], opacity_threshold: float,

@@ -1,10 +1,10 @@
-"""Mesh-to-mesh Chamfer distance for checking exports against ground truth (built on core.metrics)."""
+"""Mesh-to-mesh Chamfer distance for checking exports against ground truth (built on core.functional.metrics)."""
 
 from __future__ import annotations
 
 import trimesh
 
-from core.metrics import chamfer_distance, sample_mesh_points
+from core.functional.metrics import chamfer_distance, sample_mesh_points
 
 
 def mesh_chamfer(mesh: trimesh.Trimesh, reference: trimesh.Trimesh, samples: int = 30_000, seed: int = 0

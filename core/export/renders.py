@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.cameras import Intrinsics
 from core.errors import Cancelled
 from core.export.scene_api import SceneLike
+from core.functional.cameras import Intrinsics
 from core.progress import StopFn, never_stop
 
 

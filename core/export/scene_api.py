@@ -1,7 +1,7 @@
-"""What the exporters need from a scene: the part of `core.scene.TrainedScene` they use.
+"""What the exporters need from a scene: the part of `core.scene.trained.TrainedScene` they use.
 
 Written as a Protocol so that exports depend on this contract only (the engine's TrainedScene and the
-analytic stand-in in `core.export.analytic` both satisfy it).
+analytic stand-in in `fixtures.analytic` both satisfy it).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Protocol
 
 import numpy as np
 
-from core.cameras import Intrinsics
-from core.capture import FrameInfo, SceneNormalization
+from core.functional.cameras import Intrinsics
+from core.scene.capture import FrameInfo, SceneNormalization
 
 
 class RenderLike(Protocol):

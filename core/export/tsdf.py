@@ -19,8 +19,8 @@ from core.errors import Cancelled
 from core.export.grid import Occupancy, VoxelGrid
 from core.export.marching import marching_cubes_chunked
 from core.export.mesh_clean import submesh
-from core.export.projection import project_to_pixels, sample_nearest
 from core.export.renders import ViewRender
+from core.functional.projection import project_to_pixels, sample_nearest
 from core.progress import StopFn, never_stop
 
 SLAB_VOXELS = 1 << 21

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cameras import Intrinsics
 from core.errors import Cancelled
 from core.export.depth import write_depth_meta, write_view_maps
 from core.export.files import write_json_atomic, write_png_atomic
@@ -22,6 +21,7 @@ from core.export.paths import (
 )
 from core.export.renders import fit_size, render_camera
 from core.export.scene_api import SceneLike
+from core.functional.cameras import Intrinsics
 from core.progress import ProgressEvent, ProgressFn, StopFn, never_stop, no_progress
 
 PATH_KINDS = ("orbit", "spiral", "interp")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from core.export.projection import project_to_pixels, sample_nearest
 from core.export.renders import ViewRender
+from core.functional.projection import project_to_pixels, sample_nearest
 
 
 def surface_depth(view: ViewRender, opacity_threshold: float) -> torch.Tensor:

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from core.fields.base import FieldOutput
-from core.fields.contraction import to_unit_cube
 from core.fields.encoding import HashGridConfig, fourier_encode, make_hash_grid, sh_encode
+from core.functional.contraction import to_unit_cube
 
 
 def trunc_exp(x: torch.Tensor) -> torch.Tensor:

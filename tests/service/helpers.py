@@ -58,9 +58,9 @@ def zip_of_images(n: int = 3, names: list[str] | None = None) -> bytes:
 
 
 def make_key(data_dir: Path, name: str, database_url: str = "") -> str:
-    from api.db import Database
-    from api.keys import create_key
-    from api.settings import Settings
+    from service.db import Database
+    from service.keys import create_key
+    from service.settings import Settings
 
     db = Database(Settings(data_dir=data_dir, database_url=database_url).db_url)
     try:

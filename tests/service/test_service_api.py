@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api import store
 from api.app import create_app
-from api.keys import create_key, revoke_key
-from api.models import Job
-from api.settings import Settings
 from core.pipeline import JobDirs, atomic_write_text
+from service import crud
+from service.keys import create_key, revoke_key
+from service.models import Job
+from service.settings import Settings
 from tests.service.helpers import FAKE, png_bytes, zip_of_images
 
 
@@ -181,7 +181,7 @@ def test_auth_missing_invalid_revoked_and_other_keys_jobs(api: Api):
 
 
 def test_keys_are_stored_hashed(api: Api):
-    from api.keys import list_keys
+    from service.keys import list_keys
 
     token = api.alice["Authorization"].split()[1]
     keys = {k.name: k for k in list_keys(api.db)}
@@ -260,7 +260,7 @@ def test_restart_from_last_completed_stage_with_new_export_options(api: Api):
     dirs = JobDirs(api.settings.data_root / "jobs" / jid)
     for s in ("ingest", "poses", "train", "export"):
         atomic_write_text(dirs.marker(s), "{}")
-    store.update_job(api.db, jid, state="succeeded", stage=None, done_stages=["ingest", "poses", "train", "export"],
+    crud.update_job(api.db, jid, state="succeeded", stage=None, done_stages=["ingest", "poses", "train", "export"],
                      progress=100.0)
     assert_refused(api.client.post(f"/v1/jobs/{jid}/restart", headers=api.alice), 409, "nothing_to_redo")
     assert_refused(api.client.post(f"/v1/jobs/{jid}/restart", headers=api.alice,
@@ -337,7 +337,7 @@ def test_renders_need_a_trained_job_and_valid_poses(api: Api):
     eye = [[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
     body = {"poses": [eye], "width": 64, "height": 48}
     assert_refused(api.client.post(f"/v1/jobs/{jid}/renders", headers=api.alice, json=body), 409, "not_trained")
-    store.update_job(api.db, jid, done_stages=["ingest", "poses", "train"])
+    crud.update_job(api.db, jid, done_stages=["ingest", "poses", "train"])
     bad = {**body, "poses": [[[1.0, 0, 0], [0, 1, 0]]]}
     assert_refused(api.client.post(f"/v1/jobs/{jid}/renders", headers=api.alice, json=bad), 422, "invalid_request")
     r = api.client.post(f"/v1/jobs/{jid}/renders", headers=api.alice, json=body)
@@ -368,7 +368,7 @@ def test_readyz_is_503_when_the_broker_is_down_and_jobs_still_get_created(tmp_pa
         assert r.status_code == 503 and r.json()["checks"]["broker"].startswith("error")
         r = c.post("/v1/jobs", headers=h, files={"files": ("a.png", png_bytes(), "image/png")})
         assert r.status_code == 201  # queued; the reconciler publishes it once the broker is back
-        job = store.get_job(app.state.services.db, r.json()["id"])
+        job = crud.get_job(app.state.services.db, r.json()["id"])
         assert job.state == "queued" and job.enqueued_at is None
         assert "nerfserve_broker_up 0" in c.get("/metrics").text
 

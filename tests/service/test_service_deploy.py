@@ -60,7 +60,7 @@ def test_no_default_secrets(compose: dict):
 
 
 def test_commands_parse_with_our_cli_and_celery_app(compose: dict):
-    from api.cli import build_parser
+    from cli import build_parser
 
     api_cmd = compose["services"]["api"]["command"]
     assert api_cmd[0] == "nerfserve"
@@ -89,7 +89,7 @@ def test_dockerfiles_build_tinycudann_for_the_chosen_architecture_and_run_our_co
     assert "git+https://github.com/NVlabs/tiny-cuda-nn/" in worker and "subdirectory=bindings/torch" in worker
     assert _cmd(REPO / "docker" / "Dockerfile.worker")[:3] == ["celery", "-A", "workers.celery_app"]
     api_cmd = _cmd(REPO / "docker" / "Dockerfile.api")
-    from api.cli import build_parser
+    from cli import build_parser
 
     assert build_parser().parse_args(api_cmd[1:]).command == "serve"
     for f in ("Dockerfile.api", "Dockerfile.worker"):

@@ -22,7 +22,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from api.client import Client
+from cli.client import Client
 from tests.service.helpers import free_port, zip_of_images
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -229,7 +229,7 @@ def test_job_that_kills_its_worker_fails_after_three_attempts(stack_factory, red
 
 
 def _start_redis(port: int) -> subprocess.Popen:
-    from api.embedded import spawn, wait_for_redis
+    from cli.embedded import spawn, wait_for_redis
 
     p = spawn(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
               quiet=True)
@@ -241,7 +241,7 @@ def _start_redis(port: int) -> subprocess.Popen:
 def test_broker_wiped_while_job_queued_is_reenqueued_by_reconciler(stack_factory, redis_key_prefix):
     import redis
 
-    from api.embedded import stop_process
+    from cli.embedded import stop_process
 
     port = free_port()
     rproc = _start_redis(port)
@@ -290,12 +290,12 @@ def _embedded_round_trip(tmp_path: Path, broker: str, real: bool = False) -> Non
     env.update({"PYTHONPATH": str(REPO), "NERFSERVE_DATA_DIR": str(data), "NERFSERVE_PROGRESS_INTERVAL_S": "0.2"})
     if not real:
         env.update({"OMP_NUM_THREADS": "1", "NERFSERVE_PIPELINE": FAKE})
-    nerfserve = [sys.executable, "-m", "api.cli"]
+    nerfserve = [sys.executable, "-m", "cli"]
     server = Proc([*nerfserve, "serve", "--port", str(port), "--broker", broker], env, tmp_path / "serve.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", timeout_s=60, proc=server)
         if real:
-            from core.synthetic import SyntheticConfig, write_synthetic
+            from core.dataparsers.synthetic import SyntheticConfig, write_synthetic
 
             images = write_synthetic(SyntheticConfig(views=24, size=200, seed=0), tmp_path / "synthetic") / "images"
             args, timeout = ["--preset", "fast", "--steps", "300", "--outputs", "depth,mesh,views",

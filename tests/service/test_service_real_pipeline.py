@@ -1,4 +1,4 @@
-"""End to end with the real pipeline (core.ingest, core.sfm, core.train, core.export) behind the service:
+"""End to end with the real pipeline (core.stages: ingest, poses, train, export) behind the service:
 a synthetic capture, zipped, through HTTP, a real `celery worker`, Redis, and back as verified files."""
 
 from __future__ import annotations
@@ -12,19 +12,19 @@ import pytest
 import trimesh
 from PIL import Image
 
-from api.client import Client
+from cli.client import Client
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def test_synthetic_capture_through_the_real_pipeline(stack_factory, redis_url, tmp_path):
-    from core.readers import load_capture
-    from core.synthetic import SyntheticConfig, write_synthetic
+    from core.dataparsers.readers import load_capture
+    from core.dataparsers.synthetic import SyntheticConfig, write_synthetic
 
     # Images only (no poses in the zip), so pycolmap estimates them; 200 px is what SfM needs to register all.
     syn = write_synthetic(SyntheticConfig(views=24, size=200, seed=0), tmp_path / "synthetic")
     archive = shutil.make_archive(str(tmp_path / "capture"), "zip", syn / "images")
-    stack = stack_factory(redis_url, pipeline="core.pipeline:PIPELINE", device="cpu", lease_timeout_s=120)
+    stack = stack_factory(redis_url, pipeline="core.stages:PIPELINE", device="cpu", lease_timeout_s=120)
     stack.start_api()
     stack.start_worker()
     client = Client(stack.url, stack.key)

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from api import store
-from api.db import Database
-from api.keys import create_key
-from api.settings import Settings
-from api.storage import Storage
 from core.pipeline import load_pipeline
+from service import crud
+from service.broker import BrokerView
+from service.db import Database
+from service.keys import create_key
+from service.queues import enqueue_stage, make_celery
+from service.reconciler import reconcile_once
+from service.settings import Settings
+from service.storage import Storage
 from tests.service.helpers import FAKE, REPO, png_bytes
-from workers.broker import BrokerView
-from workers.queues import enqueue_stage, make_celery
-from workers.reconciler import reconcile_once
 from workers.runner import WorkerContext, run_stage_task
 
 PG_URL = os.environ.get("NERFSERVE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -62,30 +62,30 @@ def db(request, tmp_path: Path):
 
 def new_job(db: Database) -> str:
     key, _ = create_key(db, f"k-{uuid.uuid4().hex[:6]}")
-    return store.create_job(db, key.id, {"steps": 10}).id
+    return crud.create_job(db, key.id, {"steps": 10}).id
 
 
 def make_stale(db: Database, job_id: str, seconds: float = 3600) -> None:
-    store.update_job(db, job_id, heartbeat_at=time.time() - seconds)
+    crud.update_job(db, job_id, heartbeat_at=time.time() - seconds)
 
 
 def test_lease_is_exclusive_until_it_goes_stale(db: Database):
     jid = new_job(db)
-    a = store.take_lease(db, jid, "ingest", "worker-a", lease_timeout_s=60, max_attempts=3)
+    a = crud.take_lease(db, jid, "ingest", "worker-a", lease_timeout_s=60, max_attempts=3)
     assert a.ok and a.job.state == "estimating_poses" and a.job.attempts == 1
-    b = store.take_lease(db, jid, "ingest", "worker-b", lease_timeout_s=60, max_attempts=3)
+    b = crud.take_lease(db, jid, "ingest", "worker-b", lease_timeout_s=60, max_attempts=3)
     assert not b.ok and b.why == "leased by worker-a"
-    assert store.take_lease(db, jid, "train", "worker-b", 60, 3).why == "at stage ingest, not train"
-    assert store.renew_lease(db, jid, "worker-a") == (True, False)
+    assert crud.take_lease(db, jid, "train", "worker-b", 60, 3).why == "at stage ingest, not train"
+    assert crud.renew_lease(db, jid, "worker-a") == (True, False)
     make_stale(db, jid)
-    b = store.take_lease(db, jid, "ingest", "worker-b", 60, 3)
+    b = crud.take_lease(db, jid, "ingest", "worker-b", 60, 3)
     assert b.ok and b.job.attempts == 2
     # The old holder has lost every right to write.
-    assert store.renew_lease(db, jid, "worker-a")[0] is False
-    assert store.report_progress(db, jid, "worker-a", "ingest", 0.5, None, {}) is False
-    assert store.finish_stage(db, jid, "worker-a", "ingest", {}) is None
-    assert store.finish_stage(db, jid, "worker-b", "ingest", {"images": 3}) == "poses"
-    job = store.get_job(db, jid)
+    assert crud.renew_lease(db, jid, "worker-a")[0] is False
+    assert crud.report_progress(db, jid, "worker-a", "ingest", 0.5, None, {}) is False
+    assert crud.finish_stage(db, jid, "worker-a", "ingest", {}) is None
+    assert crud.finish_stage(db, jid, "worker-b", "ingest", {"images": 3}) == "poses"
+    job = crud.get_job(db, jid)
     assert (job.state, job.stage, job.attempts, job.lease_owner) == ("estimating_poses", "poses", 0, None)
     assert job.metrics["ingest.images"] == 3 and "ingest" in job.stage_durations
 
@@ -93,41 +93,41 @@ def test_lease_is_exclusive_until_it_goes_stale(db: Database):
 def test_attempts_are_capped(db: Database):
     jid = new_job(db)
     for i in range(3):
-        assert store.take_lease(db, jid, "ingest", f"w{i}", 60, 3).ok
+        assert crud.take_lease(db, jid, "ingest", f"w{i}", 60, 3).ok
         make_stale(db, jid)
-    r = store.take_lease(db, jid, "ingest", "w4", 60, 3)
+    r = crud.take_lease(db, jid, "ingest", "w4", 60, 3)
     assert not r.ok and r.why == "attempts exhausted"
 
 
 def test_progress_is_monotonic_and_banded(db: Database):
     jid = new_job(db)
-    store.finish_stage(db, jid, "nobody", "ingest", {})  # not leased: no effect
-    assert store.get_job(db, jid).stage == "ingest"
+    crud.finish_stage(db, jid, "nobody", "ingest", {})  # not leased: no effect
+    assert crud.get_job(db, jid).stage == "ingest"
     for stage in ("ingest", "poses"):
-        assert store.take_lease(db, jid, stage, "w", 60, 3).ok
-        store.finish_stage(db, jid, "w", stage, {})
-    assert store.take_lease(db, jid, "train", "w", 60, 3).ok
-    assert store.report_progress(db, jid, "w", "train", 0.5, 12.0, {"train.step": 5})
-    j = store.get_job(db, jid)
+        assert crud.take_lease(db, jid, stage, "w", 60, 3).ok
+        crud.finish_stage(db, jid, "w", stage, {})
+    assert crud.take_lease(db, jid, "train", "w", 60, 3).ok
+    assert crud.report_progress(db, jid, "w", "train", 0.5, 12.0, {"train.step": 5})
+    j = crud.get_job(db, jid)
     assert j.progress == pytest.approx(25 + 65 * 0.5) and j.eta_s == 12.0 and j.metrics["train.step"] == 5
-    store.report_progress(db, jid, "w", "train", 0.2, None, {})
-    assert store.get_job(db, jid).progress == pytest.approx(57.5)  # never goes back
-    store.finish_stage(db, jid, "w", "train", {})
-    assert store.take_lease(db, jid, "export", "w", 60, 3).ok
-    assert store.finish_stage(db, jid, "w", "export", {}) == "succeeded"
-    j = store.get_job(db, jid)
+    crud.report_progress(db, jid, "w", "train", 0.2, None, {})
+    assert crud.get_job(db, jid).progress == pytest.approx(57.5)  # never goes back
+    crud.finish_stage(db, jid, "w", "train", {})
+    assert crud.take_lease(db, jid, "export", "w", 60, 3).ok
+    assert crud.finish_stage(db, jid, "w", "export", {}) == "succeeded"
+    j = crud.get_job(db, jid)
     assert (j.state, j.progress, j.done_stages) == ("succeeded", 100.0, ["ingest", "poses", "train", "export"])
 
 
 def test_cancel_is_immediate_without_a_live_worker_else_flagged(db: Database):
     jid = new_job(db)
-    assert store.request_cancel(db, jid, lease_timeout_s=60) == "cancelled"
+    assert crud.request_cancel(db, jid, lease_timeout_s=60) == "cancelled"
     jid = new_job(db)
-    assert store.take_lease(db, jid, "ingest", "w", 60, 3).ok
-    assert store.request_cancel(db, jid, lease_timeout_s=60) == "estimating_poses"
-    assert store.renew_lease(db, jid, "w") == (True, True)
+    assert crud.take_lease(db, jid, "ingest", "w", 60, 3).ok
+    assert crud.request_cancel(db, jid, lease_timeout_s=60) == "estimating_poses"
+    assert crud.renew_lease(db, jid, "w") == (True, True)
     make_stale(db, jid)
-    assert store.request_cancel(db, jid, lease_timeout_s=60) == "cancelled"  # its worker is dead
+    assert crud.request_cancel(db, jid, lease_timeout_s=60) == "cancelled"  # its worker is dead
 
 
 def _settings(tmp_path: Path, redis_url: str, **kw) -> Settings:
@@ -150,14 +150,14 @@ def test_reconciler_requeues_dead_workers_jobs_and_lost_messages_and_gives_up_af
     held, lost, dead, doomed = (new_job(db) for _ in range(4))
     enqueue_stage(celery, held, "ingest")  # a real message in Redis carries `held`
     for jid in (dead, doomed):
-        assert store.take_lease(db, jid, "ingest", "w", 60, 3).ok
+        assert crud.take_lease(db, jid, "ingest", "w", 60, 3).ok
         make_stale(db, jid)
-    store.update_job(db, doomed, attempts=3)
+    crud.update_job(db, doomed, attempts=3)
     rep = reconcile_once(db, storage, s, BrokerView(s), enqueue)
     assert sorted(rep.requeued) == sorted([lost, dead]) and rep.failed == [doomed]
     assert held not in [j for j, _ in published]
-    assert store.get_job(db, doomed).error_code == "worker_lost"
-    assert store.get_job(db, dead).lease_owner is None
+    assert crud.get_job(db, doomed).error_code == "worker_lost"
+    assert crud.get_job(db, dead).lease_owner is None
     # Now every active job has a message: nothing more to do.
     assert reconcile_once(db, storage, s, BrokerView(s), enqueue).requeued == []
     db.dispose()
@@ -175,7 +175,7 @@ def _context(tmp_path: Path, redis_url: str, **kw) -> WorkerContext:
 
 def _job_with_inputs(ctx: WorkerContext, options: dict) -> str:
     key, _ = create_key(ctx.db, f"k-{uuid.uuid4().hex[:6]}")
-    jid = store.create_job(ctx.db, key.id, options).id
+    jid = crud.create_job(ctx.db, key.id, options).id
     inputs = ctx.storage.job_dirs(jid).inputs
     inputs.mkdir(parents=True)
     for i in range(3):
@@ -204,14 +204,14 @@ def test_runner_stops_training_within_seconds_on_cancel(tmp_path, redis_url, mon
     t = threading.Thread(target=lambda: out.append(run_stage_task(ctx, jid, "train")))
     t.start()
     deadline = time.time() + 20
-    while store.get_job(ctx.db, jid).metrics.get("train.step", 0) < 3:
+    while crud.get_job(ctx.db, jid).metrics.get("train.step", 0) < 3:
         assert time.time() < deadline
         time.sleep(0.05)
     t0 = time.monotonic()
-    store.request_cancel(ctx.db, jid, ctx.settings.lease_timeout_s)
+    crud.request_cancel(ctx.db, jid, ctx.settings.lease_timeout_s)
     t.join(10)
     assert out == ["cancelled"] and time.monotonic() - t0 < 3
-    job = store.get_job(ctx.db, jid)
+    job = crud.get_job(ctx.db, jid)
     assert job.state == "cancelled" and job.lease_owner is None
     assert 3 <= job.metrics["train.step"] < 10_000
 
@@ -222,7 +222,7 @@ def test_stage_failure_is_reported_with_its_message(tmp_path, redis_url, monkeyp
     jid = _job_with_inputs(ctx, {})
     run_stage_task(ctx, jid, "ingest")
     assert run_stage_task(ctx, jid, "poses") == "failed"
-    job = store.get_job(ctx.db, jid)
+    job = crud.get_job(ctx.db, jid)
     assert job.state == "failed" and job.error_code == "fake_refused" and "refuses" in job.error_message
 
 

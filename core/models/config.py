@@ -1,0 +1,105 @@
+"""Training configuration: one flat dataclass with named presets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # schedule
+    steps: int = 3000
+    batch_rays: int = 4096
+    lr: float = 1e-2
+    lr_final_factor: float = 0.05     # exponential decay from lr to lr * factor over `steps`
+    lr_schedule: str = "exp"          # exp | plateau (ReduceLROnPlateau on the train loss)
+    weight_decay: float = 1e-6        # MLPs only
+    seed: int = 0
+    # hardware
+    device: str = "auto"              # auto | cpu | cuda
+    backend: str = "auto"             # hash grid: auto | torch | tcnn
+    mixed_precision: bool = True      # CUDA only
+    # model
+    model: str = "nerf"               # nerf | reference (MLP NeRF) | feature_field
+    grid_levels: int = 16
+    grid_features: int = 2
+    grid_log2_size: int = 19
+    grid_base_res: int = 16
+    grid_max_res: int = 2048
+    hidden: int = 64
+    appearance_dim: int = 0           # per-image appearance embedding (NeRF-W); 0 = off
+    # feature field (issue 6)
+    feature_dim: int = 16
+    upsample: int = 4
+    composition: bool = False
+    foreground_sparsity: float | None = None  # composition, after the plane cut: loss weight of the foreground's
+                                      # opacity; None: the model's (FOREGROUND_SPARSITY, README)
+    patch_size: int = 16
+    pixel_features: bool = True       # the renderer's last block sees the hash grid at each output pixel's point
+    skip_kernel: int = 1              # the first skip's colour correction: 1 (per ray) or 3 (3x3, GIRAFFE; README)
+    margin_loss: bool = False         # also supervise the first-skip colour of the rays around each patch (README)
+    # sampling
+    sampler: str = "occupancy"        # occupancy | hierarchical
+    march_steps: int = 384
+    grid_resolution: int = 64
+    grid_decay: float = 0.95          # occupancy EMA decay per update (every 16 steps); lower for short runs
+    grid_warmup_steps: int = 256      # update every cell (not a sample of cells) until this step
+    early_stop_eps: float = 1e-4
+    n_coarse: int = 64
+    n_fine: int = 64
+    pixel_sampling: str = "uniform"   # uniform | selective (error-guided)
+    # data
+    scene_mode: str = "auto"          # auto | bounded | unbounded
+    holdout_every: int = 8            # every 8th image held out (LLFF); 0 = none
+    max_side: int | None = None       # downscale images to this longest side before training
+    # bookkeeping
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    eval_chunk: int = 16384
+    eval_max_views: int = 0           # 0 = every held-out view
+
+    @staticmethod
+    def preset(name: str, **overrides) -> TrainConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+    @property
+    def foreground_sparsity_weight(self) -> float:
+        """foreground_sparsity, or the model's default (FOREGROUND_SPARSITY) when it is None."""
+        if self.foreground_sparsity is not None:
+            return self.foreground_sparsity
+        return FOREGROUND_SPARSITY.get(self.model, FOREGROUND_SPARSITY["nerf"])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> TrainConfig:
+        names = {f.name for f in fields(TrainConfig)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
+        return TrainConfig(**d)
+
+
+# The foreground-opacity loss weight after the support plane is cut (core.models.losses.foreground_sparsity), per model.
+# The feature field's support is fuzzier (its geometry is learned from 1 / upsample^2 of the rays) and at 0.01 its
+# foreground kept a semi-transparent layer of the ground above the plane; at 0.05 the NeRF, whose ground is
+# sharp, moved the objects themselves into the background field (an empty foreground mesh). README, session 9.
+FOREGROUND_SPARSITY = {"nerf": 0.01, "feature_field": 0.05}
+
+PRESETS: dict[str, TrainConfig] = {
+    # A few minutes on a 2-core CPU at 128 px; seconds on a GPU.
+    # Sized for a 2-core CPU: 40 views at 128 px reach >= 25 dB held-out in a few minutes. The short
+    # schedule needs a fast-decaying occupancy grid (0.7 per update) so empty space is carved early.
+    "fast": TrainConfig(steps=1500, batch_rays=1024, grid_levels=8, grid_log2_size=17, grid_max_res=512,
+                        march_steps=128, grid_resolution=64, grid_decay=0.7, grid_warmup_steps=128,
+                        checkpoint_every=250),
+    "balanced": TrainConfig(steps=5000, batch_rays=8192, grid_levels=16, grid_log2_size=19, grid_max_res=2048,
+                            appearance_dim=8, march_steps=512, grid_resolution=128, grid_decay=0.8,
+                            checkpoint_every=1000),
+    "quality": TrainConfig(steps=20000, batch_rays=16384, grid_levels=16, grid_log2_size=21, grid_max_res=4096,
+                           appearance_dim=16, hidden=64, march_steps=1024, grid_resolution=128,
+                           checkpoint_every=2000),
+}
