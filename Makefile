@@ -33,10 +33,10 @@ demo: $(STAMP)
 # runs/fox/preview). Renders of the shared capture stay out of the repository, like the capture itself.
 FOX ?= ../shared/data/fox
 fox: $(STAMP)
-	$(BIN)/nerfserve train $(FOX) --out runs/fox --preset fast --device cpu --max-side 240 --steps 400
-	$(BIN)/nerfserve export runs/fox --what depth,mesh,views,video --mesh-resolution 128 --frames 24 \
+	$(BIN)/nerfserve train $(FOX) --out runs/fox --preset fast --device cpu --max-image-size 240 --steps 400
+	$(BIN)/nerfserve export runs/fox --outputs depth,mesh,views,video --mesh-resolution 128 --frames 24 \
 		--view-max-side 128 --depth-max-side 80 --fusion-max-side 80 --capture $(FOX)
-	$(BIN)/nerfserve export runs/fox --what depth --depth-views test --out runs/fox/preview
+	$(BIN)/nerfserve export runs/fox --outputs depth --depth-views test --out runs/fox/preview
 
 serve: $(STAMP)
 	$(BIN)/nerfserve serve --host 127.0.0.1 --port 8000

@@ -11,8 +11,8 @@ from sqlalchemy import update
 from starlette.datastructures import UploadFile
 
 from api.errors import ApiError
-from api.schemas import JobOptions
 from api.services import Services
+from core.jobspec import JobSpec, describe
 from service import crud
 from service.intake import check_files
 from service.joblog import append_log
@@ -29,8 +29,8 @@ def check_in_flight(svc: Services, key: ApiKey) -> None:
                        {"Retry-After": "60"})
 
 
-def parse_options(raw: str | None) -> JobOptions:
-    """The `options` form field (a JSON object) -> JobOptions; 422 with what was wrong."""
+def parse_options(raw: str | None) -> JobSpec:
+    """The `options` form field (a JSON object) -> JobSpec; 422 with what was wrong."""
     try:
         data = json.loads(raw) if raw and raw.strip() else {}
     except json.JSONDecodeError as e:
@@ -41,13 +41,12 @@ def parse_options(raw: str | None) -> JobOptions:
     return validate_options(data)
 
 
-def validate_options(data: dict) -> JobOptions:
+def validate_options(data: dict) -> JobSpec:
     try:
-        return JobOptions.model_validate(data)
+        return JobSpec.model_validate(data)
     except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(str(x) for x in d['loc']) or 'options'}: {d['msg']}" for d in e.errors()[:5])
-        raise ApiError(422, "invalid_options", f"options: {msgs}",
-                       "see JobOptions in /docs for the allowed names and values") from None
+        raise ApiError(422, "invalid_options", f"options: {describe(e)}",
+                       "see JobSpec in /docs for the allowed names and values") from None
 
 
 def receive_files(uploads: list[UploadFile], staging: Path) -> list[tuple[Path, str]]:
@@ -77,7 +76,7 @@ def receive_files(uploads: list[UploadFile], staging: Path) -> list[tuple[Path, 
     return out
 
 
-def admit(svc: Services, key: ApiKey, staging: Path, named: list[tuple[Path, str]], options: JobOptions,
+def admit(svc: Services, key: ApiKey, staging: Path, named: list[tuple[Path, str]], options: JobSpec,
           job_id: str | None = None) -> Job:
     """Check the staged files, make (or promote) the job row, move the files in, enqueue the first stage.
 

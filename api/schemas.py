@@ -5,51 +5,11 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.jobspec import JobSpec
 from service.models import Render
 from service.views import JobError, JobOut, iso, job_out, job_urls  # noqa: F401  (re-exported)
-
-OutputKind = Literal["depth", "mesh", "tsdf", "pointcloud", "views", "video"]
-
-
-class JobOptions(BaseModel):
-    """What to compute. Every field has a default that works."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    preset: Literal["fast", "balanced", "quality"] = "balanced"
-    model: Literal["nerf", "feature_field"] = "nerf"
-    outputs: list[OutputKind] = Field(default_factory=lambda: ["depth", "mesh", "views"], min_length=1,
-                                      max_length=6)
-    feature_dim: int = Field(16, ge=4, le=64, description="feature_field: feature channels M_f")
-    upsample: Literal[1, 2, 4, 8] = Field(4, description="feature_field: neural renderer upsampling (2^n)")
-    composition: Literal["on", "off"] = Field("off", description="foreground (the region the cameras look at) "
-                                              "+ background fields; enables mesh_part foreground")
-    margin_loss: Literal["on", "off"] = Field("off", description="feature_field: also supervise the colour of the "
-                                              "rays around each training patch (better on real captures)")
-    mesh_method: Literal["auto", "density", "tsdf"] = "auto"
-    mesh_part: Literal["all", "foreground"] = Field("all", description="foreground needs composition on")
-    mesh_resolution: int = Field(256, ge=32, le=1024)
-    max_image_size: int = Field(1600, ge=64, le=8192, description="longest image side after ingest, pixels")
-    matcher: Literal["auto", "exhaustive", "sequential", "spatial"] = "auto"
-    steps: int | None = Field(None, ge=1, le=1_000_000, description="training steps (default: the preset's)")
-    webhook_url: AnyHttpUrl | None = Field(None, description="POSTed once when the job succeeds or fails")
-
-    @field_validator("outputs")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        return list(dict.fromkeys(v))
-
-    @model_validator(mode="after")
-    def _part_needs_composition(self) -> JobOptions:
-        if self.mesh_part == "foreground" and self.composition != "on":
-            raise ValueError("mesh_part 'foreground' needs composition 'on' (a foreground field to mesh)")
-        return self
-
-    def to_store(self) -> dict:
-        d = self.model_dump(mode="json")
-        return d
 
 
 class RestartIn(BaseModel):
@@ -105,7 +65,7 @@ class UploadOut(BaseModel):
 class CommitIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    options: JobOptions = Field(default_factory=JobOptions)
+    options: JobSpec = Field(default_factory=JobSpec, description="the job's options (core.jobspec.JobSpec)")
 
 
 class RenderIn(BaseModel):

@@ -31,7 +31,7 @@ class Services:
         storage = Storage(settings.data_root)
         storage.ensure()
         db = Database(settings.db_url)
-        db.create_all()
+        db.upgrade()
         return Services(settings, db, storage, make_celery(settings), BrokerView(settings))
 
     def enqueue(self, job_id: str, stage: str) -> bool:

@@ -152,7 +152,7 @@ def ensure_local_key(settings: Settings) -> Path | None:
     path = settings.data_root / "api_key"
     db = Database(settings.db_url)
     try:
-        db.create_all()
+        db.upgrade()
         if list_keys(db):
             return path if path.is_file() else None
         _, token = create_key(db, "local")

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from cli.options import TRAIN_OPTIONS, add_spec_options, spec_from_args
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic capture with ground truth (images, poses, depth, mesh)")
@@ -17,27 +19,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a radiance field on DATA (transforms.json or a COLMAP model + images)")
-    p.add_argument("data", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--preset", default="fast", choices=["fast", "balanced", "quality"])
-    p.add_argument("--steps", type=int)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "tcnn"])
-    p.add_argument("--model", default="nerf", choices=["nerf", "feature_field", "reference"])
-    p.add_argument("--sampler", choices=["occupancy", "hierarchical"])
-    p.add_argument("--pixel-sampling", choices=["uniform", "selective"])
-    p.add_argument("--scene-mode", choices=["auto", "bounded", "unbounded"])
-    p.add_argument("--max-side", type=int, help="downscale images to this longest side first")
-    p.add_argument("--feature-dim", type=int)
-    p.add_argument("--upsample", type=int)
-    p.add_argument("--composition", choices=["on", "off"])
-    p.add_argument("--margin-loss", choices=["on", "off"],
-                   help="feature_field: also supervise the colour of the rays around each patch")
-    p.add_argument("--skip-kernel", type=int, choices=[1, 3],
-                   help="feature_field: the first skip's colour correction, per ray (1, default) or 3x3 (3)")
-    p.add_argument("--renders", type=int, default=3, help="held-out views to save as PNG")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints in OUT/checkpoints")
+    p.add_argument("data", type=Path, help="a folder with transforms.json or a COLMAP model, and the images")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints/, scene/, renders/, metrics.json")
+    p.add_argument("--renders", type=int, default=3, help="held-out views to save as PNG (default: 3)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints in OUT/checkpoints "
+                   "(default: the preset's)")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in OUT/checkpoints")
+    add_spec_options(p, TRAIN_OPTIONS)
     p.set_defaults(func=cmd_train)
 
 
@@ -50,17 +38,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def train_config_from_args(args: argparse.Namespace):
-    from core.models.config import TrainConfig
+    """The TrainConfig of the job options given on the command line (core.jobspec.train_config)."""
+    from dataclasses import replace
 
-    overrides = {k: v for k, v in {
-        "steps": args.steps, "device": args.device, "backend": args.backend, "model": args.model,
-        "sampler": args.sampler, "pixel_sampling": args.pixel_sampling, "scene_mode": args.scene_mode,
-        "max_side": args.max_side, "feature_dim": args.feature_dim, "upsample": args.upsample,
-        "composition": None if args.composition is None else args.composition == "on",
-        "margin_loss": None if args.margin_loss is None else args.margin_loss == "on",
-        "skip_kernel": args.skip_kernel,
-        "checkpoint_every": args.checkpoint_every}.items() if v is not None}
-    return TrainConfig.preset(args.preset, **overrides)
+    from core.jobspec import train_config
+
+    cfg = train_config(spec_from_args(args, TRAIN_OPTIONS))
+    return replace(cfg, checkpoint_every=args.checkpoint_every) if args.checkpoint_every else cfg
 
 
 class ProgressBar:
@@ -104,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.close()
     scene.save(out / "scene")
     metrics = {k: v for k, v in scene.metrics.items() if k != "psnr_per_view"}
-    metrics.update({"preset": args.preset, "images": len(capture), "config": scene.config.to_dict()})
+    metrics.update({"preset": args.preset or "balanced", "images": len(capture), "config": scene.config.to_dict()})
     atomic_write_json(out / "metrics.json", metrics)
     renders = out / "renders"
     renders.mkdir(parents=True, exist_ok=True)

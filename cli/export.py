@@ -1,6 +1,6 @@
 """CLI: export (depth, meshes, point clouds, views, video).
 
-    nerfserve export RUN_DIR --what depth,mesh,tsdf,pointcloud,views,video [--mesh-resolution 256]
+    nerfserve export RUN_DIR --outputs depth,mesh,tsdf,pointcloud,views,video [--mesh-resolution 256]
                      [--path orbit|spiral|interp|FILE] [--out DIR]
 """
 
@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-WHAT_ALL = "depth,mesh,tsdf,pointcloud,views,video"
+from cli.options import EXPORT_OPTIONS, add_spec_options, spec_from_args
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -18,44 +18,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Write the exports of a trained run under RUN_DIR/outputs (or --out), "
                                    "with a manifest.json listing every file with its sha256.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained run (what `nerfserve train` wrote)")
-    p.add_argument("--what", default=None,
-                   help=f"comma-separated subset of {WHAT_ALL} (default: depth, mesh, pointcloud, views, video)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/outputs)")
-    p.add_argument("--mesh-resolution", type=int, default=256, help="marching-cubes samples on the long side")
-    p.add_argument("--mesh-method", choices=("density", "tsdf"), default=None,
-                   help="how 'mesh' is extracted (default: the one that measures better)")
-    p.add_argument("--mesh-part", choices=("all", "foreground"), default="all",
-                   help="foreground: only the foreground field (models trained with --composition on)")
-    p.add_argument("--face-budget", type=int, default=None, help="decimate meshes to at most this many faces")
-    p.add_argument("--path", default="orbit", help="camera path: orbit, spiral, interp, or a JSON file "
-                   "(nerfstudio camera path, or {c2w: [...], intrinsics: {...}})")
-    p.add_argument("--frames", type=int, default=60, help="frames along a generated path")
-    p.add_argument("--fps", type=int, default=24)
-    p.add_argument("--view-max-side", type=int, default=720, help="long side of novel views in pixels")
-    p.add_argument("--depth-max-side", type=int, default=None, help="cap the depth maps' long side")
-    p.add_argument("--depth-views", choices=("all", "train", "test"), default="all",
-                   help="which capture cameras get depth maps (test: the held-out views)")
-    p.add_argument("--fusion-max-side", type=int, default=256,
-                   help="long side of the internal renders for TSDF, mesh level and colours, point cloud")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/outputs)")
+    p.add_argument("--path", default="orbit", help="camera path of the novel views: orbit, spiral, interp, or a JSON "
+                   "file (nerfstudio camera path, or {c2w: [...], intrinsics: {...}}) (default: orbit)")
     p.add_argument("--capture", type=Path, default=None,
                    help="the posed capture (transforms.json folder): colour meshes from the photos")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_spec_options(p, EXPORT_OPTIONS)
     p.set_defaults(func=run_export)
 
 
 def config_from_args(args: argparse.Namespace):
-    from core.export import ExportConfig
+    """The ExportConfig of the job options given on the command line (core.jobspec.export_config)."""
+    from core.jobspec import export_config
 
-    overrides = {"mesh_resolution": args.mesh_resolution, "mesh_face_budget": args.face_budget,
-                 "path": args.path, "n_frames": args.frames, "fps": args.fps,
-                 "view_max_side": args.view_max_side, "depth_max_side": args.depth_max_side,
-                 "fusion_max_side": args.fusion_max_side, "mesh_part": args.mesh_part,
-                 "depth_views": args.depth_views}
-    if args.what:
-        overrides["what"] = args.what
-    if args.mesh_method:
-        overrides["mesh_method"] = args.mesh_method
-    return ExportConfig(**overrides)
+    # The scene decides whether it has a foreground field; the spec's composition check is for training.
+    base = {"composition": "on"} if args.mesh_part == "foreground" else {}
+    return export_config(spec_from_args(args, EXPORT_OPTIONS, base), path=args.path)
 
 
 def find_scene_dir(run_dir: Path) -> Path:
@@ -74,7 +52,7 @@ def find_scene_dir(run_dir: Path) -> Path:
 
 def run_export(args: argparse.Namespace) -> int:
     from core.errors import UserInputError
-    from core.export import export_all
+    from core.export.pipeline import export_all
     from core.progress import ProgressEvent
 
     config = config_from_args(args)  # validate before loading anything heavy
@@ -84,7 +62,7 @@ def run_export(args: argparse.Namespace) -> int:
     scene_dir = find_scene_dir(args.run_dir)
     from core.scene.load import load_scene
 
-    scene = load_scene(scene_dir, device=args.device)
+    scene = load_scene(scene_dir, device=args.device or "auto")
     capture = None
     if args.capture is not None:
         from core.dataparsers.readers import load_capture

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-OUTPUT_KINDS = ("depth", "mesh", "tsdf", "pointcloud", "views", "video")
+from cli.options import ALL_OPTIONS, add_spec_options, given, spec_from_args
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -28,12 +28,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", default=None, help="API key (default: NERFSERVE_API_KEY or DATA_DIR/api_key)")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends")
     p.add_argument("--download", type=Path, default=None, help="download the artifacts here (implies --wait)")
-    p.add_argument("--preset", choices=("fast", "balanced", "quality"), default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--outputs", default=None, help=f"comma-separated, from {','.join(OUTPUT_KINDS)}")
-    p.add_argument("--options", default=None, help="more options as a JSON object")
-    p.add_argument("--part-mb", type=int, default=8)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--options", default=None, help="options as a JSON object (flags below override it)")
+    p.add_argument("--part-mb", type=int, default=8, help="upload part size in MiB (default: 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_spec_options(p, (*ALL_OPTIONS, "webhook_url"))
     p.set_defaults(func=_submit)
 
     p = sub.add_parser("keys", help="create, revoke and list API keys (admin; talks to the database)")
@@ -50,11 +48,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="run every stage locally, no service: inputs -> poses, scene, exports")
     p.add_argument("inputs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True, help="job folder (inputs/, sfm/, outputs/, ...)")
-    p.add_argument("--preset", choices=("fast", "balanced", "quality"), default="balanced")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--outputs", default="depth,mesh,views")
-    p.add_argument("--max-image-size", type=int, default=1600)
-    p.add_argument("--device", default="auto")
+    add_spec_options(p, ALL_OPTIONS)
     p.set_defaults(func=_reconstruct)
 
 
@@ -76,6 +70,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _submit_options(args: argparse.Namespace) -> dict:
+    """The options to send: --options (JSON) with the flags given over it, checked here against the job spec
+    (the server fills in the defaults)."""
     from core.errors import UserInputError
 
     try:
@@ -83,12 +79,11 @@ def _submit_options(args: argparse.Namespace) -> dict:
     except json.JSONDecodeError as e:
         raise UserInputError("bad_options", f"--options is not JSON: {e}", "e.g. --options '{\"matcher\": "
                              "\"sequential\"}'") from None
-    if args.preset:
-        opts["preset"] = args.preset
-    if args.steps:
-        opts["steps"] = args.steps
-    if args.outputs:
-        opts["outputs"] = [o.strip() for o in args.outputs.split(",") if o.strip()]
+    if not isinstance(opts, dict):
+        raise UserInputError("bad_options", "--options must be a JSON object", "e.g. --options '{\"steps\": 500}'")
+    names = (*ALL_OPTIONS, "webhook_url")
+    opts.update(given(args, names))
+    spec_from_args(args, (), base=opts)           # refuse bad options before uploading anything
     return opts
 
 
@@ -120,7 +115,7 @@ def _db():
     from service.settings import Settings
 
     db = Database(Settings().db_url)
-    db.create_all()
+    db.upgrade()
     return db
 
 
@@ -156,7 +151,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from core.errors import UserInputError
-    from core.pipeline import STAGES, JobDirs, PipelineOptions, run_stage
+    from core.pipeline import STAGES, JobDirs, run_stage
     from core.stages import PIPELINE
 
     dirs = JobDirs(args.out)
@@ -167,9 +162,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
         dest = dirs.inputs / p.name
         if not dest.exists():
             (shutil.copytree if p.is_dir() else shutil.copy2)(p, dest)
-    opts = PipelineOptions(preset=args.preset, steps=args.steps, max_image_size=args.max_image_size,
-                           outputs=tuple(o.strip() for o in args.outputs.split(",") if o.strip()),
-                           device=args.device)
+    opts = spec_from_args(args, ALL_OPTIONS)
     for stage in STAGES:
         with tqdm(total=100, desc=stage, unit="%") as bar:
             def progress(ev, bar=bar):

@@ -23,12 +23,13 @@ import importlib
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from core.atomic import atomic_write_bytes
+from core.jobspec import STAGE_OF_OPTION, JobSpec
 from core.progress import ProgressFn, StopFn, never_stop, no_progress
 
 STAGES = ("ingest", "poses", "train", "export")
@@ -36,57 +37,6 @@ STAGES = ("ingest", "poses", "train", "export")
 STAGE_STATE = {"ingest": "estimating_poses", "poses": "estimating_poses", "train": "training",
                "export": "exporting"}
 STAGE_BAND = {"ingest": (0.0, 5.0), "poses": (5.0, 25.0), "train": (25.0, 90.0), "export": (90.0, 100.0)}
-# Which option invalidates which stage (a restart with new options re-runs from the earliest one).
-OPTION_STAGE = {"max_image_size": "ingest", "matcher": "poses", "preset": "train", "model": "train",
-                "feature_dim": "train", "upsample": "train", "composition": "train", "margin_loss": "train",
-                "steps": "train", "device": "train", "mesh_part": "export", "outputs": "export",
-                "mesh_method": "export", "mesh_resolution": "export"}
-
-
-@dataclass
-class PipelineOptions:
-    """What the user asked for; every default works.
-
-    preset: "fast" | "balanced" | "quality" (core.engine.train.TrainConfig.preset).
-    model: "nerf" | "feature_field"; feature_dim, upsample: the feature field's; composition: "on" | "off"
-        (a foreground field plus a contracted background field); margin_loss: "on" | "off" (the feature
-        field's TrainConfig.margin_loss).
-    mesh_part: "all" | "foreground" (needs composition on).
-    outputs: export kinds, from {"depth", "mesh", "tsdf", "pointcloud", "views", "video"}.
-    max_image_size: longest image side in pixels after ingest.
-    matcher: "auto" | "exhaustive" | "sequential" | "spatial".
-    steps: training steps override (None: the preset's).
-    """
-
-    preset: str = "balanced"
-    model: str = "nerf"
-    feature_dim: int = 16
-    upsample: int = 4
-    composition: str = "off"
-    margin_loss: str = "off"
-    outputs: tuple[str, ...] = ("depth", "mesh", "views")
-    mesh_method: str = "auto"
-    mesh_part: str = "all"
-    mesh_resolution: int = 256
-    max_image_size: int = 1600
-    matcher: str = "auto"
-    steps: int | None = None
-    device: str = "auto"
-
-    @staticmethod
-    def from_dict(d: dict) -> PipelineOptions:
-        known = {f.name for f in fields(PipelineOptions)}
-        kw = {k: v for k, v in d.items() if k in known and v is not None}
-        if "outputs" in kw:
-            kw["outputs"] = tuple(kw["outputs"])
-        return PipelineOptions(**kw)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["outputs"] = list(self.outputs)
-        return d
-
-
 @dataclass(frozen=True)
 class JobDirs:
     """The folders of one job under its root."""
@@ -145,7 +95,7 @@ class RenderRequest:
     what: tuple[str, ...] = ("rgb", "depth")
 
 
-StageFn = Callable[[JobDirs, PipelineOptions, ProgressFn, StopFn], dict]
+StageFn = Callable[[JobDirs, JobSpec, ProgressFn, StopFn], dict]
 RenderFn = Callable[[JobDirs, RenderRequest, Path, ProgressFn, StopFn], list[Path]]
 
 
@@ -205,12 +155,13 @@ def invalidate_from(dirs: JobDirs, stage: str) -> None:
 
 
 def first_stage_for_changes(old: dict, new: dict) -> str | None:
-    """The earliest stage whose options differ between two option dicts, or None."""
-    changed = [OPTION_STAGE[k] for k in OPTION_STAGE if old.get(k) != new.get(k) and k in new]
+    """The earliest stage whose options differ between two stored specs (JobSpec.to_store), or None."""
+    changed = [STAGE_OF_OPTION[k] for k in STAGE_OF_OPTION
+               if STAGE_OF_OPTION[k] is not None and k in new and old.get(k) != new.get(k)]
     return min(changed, key=STAGES.index) if changed else None
 
 
-def run_stage(pipeline: Pipeline, stage: str, dirs: JobDirs, options: PipelineOptions,
+def run_stage(pipeline: Pipeline, stage: str, dirs: JobDirs, options: JobSpec,
               progress: ProgressFn = no_progress, should_stop: StopFn = never_stop) -> dict:
     """Run one stage unless its marker says it is done; returns the stage's metrics."""
     done = stage_done(dirs, stage)
@@ -221,7 +172,7 @@ def run_stage(pipeline: Pipeline, stage: str, dirs: JobDirs, options: PipelineOp
     return metrics
 
 
-def run_all(pipeline: Pipeline, dirs: JobDirs, options: PipelineOptions,
+def run_all(pipeline: Pipeline, dirs: JobDirs, options: JobSpec,
             progress: ProgressFn = no_progress, should_stop: StopFn = never_stop) -> dict:
     """Every stage in order, in this process (`nerfserve reconstruct`). Returns {stage: metrics}."""
     return {s: run_stage(pipeline, s, dirs, options, progress, should_stop) for s in STAGES}

@@ -14,9 +14,10 @@ from core.dataparsers.ingest import IngestConfig, IngestResult, ingest
 from core.dataparsers.readers import load_capture
 from core.dataparsers.sfm import SfmConfig, estimate_poses
 from core.engine.train import train
-from core.export import ExportConfig, export_all, render_poses
-from core.models.config import TrainConfig
-from core.pipeline import JobDirs, Pipeline, PipelineOptions, RenderRequest
+from core.export.pipeline import export_all
+from core.export.views import render_poses
+from core.jobspec import JobSpec, export_config, train_config
+from core.pipeline import JobDirs, Pipeline, RenderRequest
 from core.progress import ProgressFn, StopFn
 from core.scene.load import load_scene
 
@@ -25,40 +26,27 @@ def _input_files(dirs: JobDirs) -> list[Path]:
     return sorted(p for p in dirs.inputs.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def ingest_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
+def ingest_stage(dirs: JobDirs, spec: JobSpec, progress: ProgressFn, should_stop: StopFn) -> dict:
     """Decode and resize the uploads into dirs.ingest (images, report)."""
-    result = ingest(_input_files(dirs), dirs.ingest, IngestConfig(max_side=options.max_image_size), progress)
+    result = ingest(_input_files(dirs), dirs.ingest, IngestConfig(max_side=spec.max_image_size), progress)
     result.save()
     return {"images": len(result.image_paths), "rejected": len(result.rejected),
             "known_poses": result.known_poses is not None}
 
 
-def poses_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
+def poses_stage(dirs: JobDirs, spec: JobSpec, progress: ProgressFn, should_stop: StopFn) -> dict:
     """Estimate camera poses from dirs.ingest into dirs.sfm (transforms.json, report)."""
-    cfg = SfmConfig(matcher=options.matcher)
+    cfg = SfmConfig(matcher=spec.matcher)
     result = estimate_poses(IngestResult.load(dirs.ingest), dirs.sfm, cfg, progress, should_stop)
     report = getattr(result, "report", None) or {}
     keys = ("registered", "images", "registered_fraction", "mean_reprojection_error_px", "points3d", "matcher")
     return {k: report[k] for k in keys if isinstance(report, dict) and k in report}
 
 
-def train_config(options: PipelineOptions, device: str | None = None):
-    """The core.engine.train.TrainConfig for these options."""
-    over: dict = {"model": options.model, "device": device or options.device, "feature_dim": options.feature_dim,
-                  "upsample": options.upsample, "composition": options.composition == "on",
-                  "margin_loss": options.margin_loss == "on"}
-    if options.steps:
-        # A short run still checkpoints about ten times, so a crashed worker loses little.
-        base = TrainConfig.preset(options.preset)
-        over["steps"] = int(options.steps)
-        over["checkpoint_every"] = max(10, min(base.checkpoint_every, int(options.steps) // 10))
-    return TrainConfig.preset(options.preset, **over)
-
-
-def train_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
+def train_stage(dirs: JobDirs, spec: JobSpec, progress: ProgressFn, should_stop: StopFn) -> dict:
     """Train on dirs.sfm's capture; checkpoints in dirs.checkpoints (resumed); the scene in dirs.scene."""
     capture = load_capture(dirs.sfm)
-    scene = train(capture, train_config(options), progress, should_stop, checkpoint_dir=dirs.checkpoints,
+    scene = train(capture, train_config(spec), progress, should_stop, checkpoint_dir=dirs.checkpoints,
                   resume=True)
     tmp = dirs.root / ".scene.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -68,14 +56,10 @@ def train_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, s
     return {k: v for k, v in scene.metrics.items() if isinstance(v, int | float | str)}
 
 
-def export_stage(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
+def export_stage(dirs: JobDirs, spec: JobSpec, progress: ProgressFn, should_stop: StopFn) -> dict:
     """Export the trained scene into dirs.outputs (and outputs/manifest.json)."""
-    scene = load_scene(dirs.scene, device=options.device)
-    kw: dict = {"what": tuple(options.outputs), "mesh_resolution": options.mesh_resolution,
-                "mesh_part": options.mesh_part}
-    if options.mesh_method != "auto":
-        kw["mesh_method"] = options.mesh_method
-    manifest = export_all(scene, dirs.outputs, ExportConfig(**kw), progress, should_stop,
+    scene = load_scene(dirs.scene, device=spec.device)
+    manifest = export_all(scene, dirs.outputs, export_config(spec), progress, should_stop,
                           capture=load_capture(dirs.sfm))
     return {"files": len(manifest.get("files", []))}
 

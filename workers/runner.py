@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.errors import Cancelled, UserInputError
-from core.pipeline import STAGE_BAND, Pipeline, PipelineOptions, run_stage
+from core.jobspec import JobSpec
+from core.pipeline import STAGE_BAND, Pipeline, run_stage
 from core.progress import ProgressEvent
 from service import crud
 from service.db import Database
@@ -171,11 +172,11 @@ def run_stage_task(ctx: WorkerContext, job_id: str, stage: str) -> str:
     job = lease.job
     assert job is not None
     append_log(logp, f"[{stage}] started (attempt {job.attempts}, worker {worker})")
-    options = PipelineOptions.from_dict({"device": s.device, **(job.options or {})})
     with Heartbeat(ctx, job_id, worker) as hb:
         writer = ProgressWriter(ctx, job_id, worker, stage, hb)
         try:
-            metrics = run_stage(ctx.pipeline, stage, ctx.storage.job_dirs(job_id), options, writer,
+            spec = JobSpec.from_store(job.options or {}, device=s.device)
+            metrics = run_stage(ctx.pipeline, stage, ctx.storage.job_dirs(job_id), spec, writer,
                                 hb.should_stop)
             if hb.cancelled:
                 raise Cancelled()

@@ -29,7 +29,7 @@ def context(app) -> WorkerContext:
 
     settings: Settings = getattr(app, "nerfserve_settings", None) or get_settings()
     db = Database(settings.db_url)
-    db.create_all()
+    db.upgrade()
     ctx = WorkerContext(settings=settings, db=db, storage=Storage(settings.data_root),
                         pipeline=load_pipeline(settings.pipeline),
                         enqueue_stage=lambda job_id, stage: queues.enqueue_stage(app, job_id, stage),

@@ -30,7 +30,7 @@ MULTIPART_BODY = {
             "properties": {
                 "files": {"type": "array", "items": {"type": "string", "format": "binary"},
                           "description": "images, a zip of images, or a video"},
-                "options": {"type": "string", "description": "JSON object of JobOptions, e.g. "
+                "options": {"type": "string", "description": "JSON object of JobSpec, e.g. "
                                                              '{"preset": "fast", "outputs": ["mesh"]}'},
             }}}},
     }

@@ -98,8 +98,7 @@ def patch_training(model: FeatureFieldModel, data: TrainingData, config: TrainCo
     stream = PatchStream(data.store, size + 2 * ms, count, data.device, seed=config.seed)
     # The margin rays are the renderer's context only, rendered without gradients (the step skips their
     # backward pass), unless margin_loss supervises them or composition is on: its foreground-opacity loss
-    # (FOREGROUND_SPARSITY) was balanced with every rendered ray pulled, and on the fox and the synthetic
-    # composition tests either way of leaving the margin out of it failed one of them (README).
+    # (FOREGROUND_SPARSITY) is weighted for every rendered ray pulled.
     margin_grad = bool(ms) or config.composition
     white = torch.ones(1, 3, device=data.device)
 

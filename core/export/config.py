@@ -9,10 +9,8 @@ from core.errors import UserInputError
 WHAT = ("depth", "mesh", "tsdf", "pointcloud", "views", "video")
 MESH_METHODS = ("density", "tsdf")
 MESH_PARTS = ("all", "foreground")
-# The mesh method that measured better on the synthetic capture: Chamfer to the ground-truth mesh as a
-# fraction of its bbox diagonal, 128^3, fast preset (tests/test_export_real.py): density 0.0082, TSDF
-# 0.0093; on the analytic stand-in 0.0030 vs 0.0053. "mesh" in `what` uses it unless mesh_method says
-# otherwise.
+# The mesh method "mesh" in `what` uses unless mesh_method says otherwise: the more accurate one on the synthetic
+# capture and the analytic stand-in (Chamfer to the true surface, tests/core/export/test_export_real.py).
 DEFAULT_MESH_METHOD = "density"
 
 

@@ -13,12 +13,9 @@ NeRF at feature resolution), and its alpha stays tied to the density as in volum
 correction is by default (`skip_kernel` 1) a 1 x 1 conv: each ray's low-resolution colour depends on that ray's
 features only, so the first-skip loss checks every ray's render against the image the way a NeRF's loss does.
 With `skip_kernel` 3 it is a 3 x 3 conv (GIRAFFE's, as at every other resolution), and a ray can borrow its
-neighbours' colour: on the fox capture the wall then stayed a band about 0.1 field units deep in which no
-support plane was found (README). (With a
-correction on alpha too, the network learned to make a faint field look opaque: the synthetic ground
-stayed a thin fog the 2D network painted over, so depth, meshes and the foreground / background split were
-wrong.) The to-RGB convs start at zero, so an untrained renderer outputs the field's render, bilinearly
-upsampled (in logit space).
+neighbours' colour, which leaves thick, foggy surfaces. Alpha gets no correction: with one, the network learns to
+make a faint field look opaque. The to-RGB convs start at zero, so an untrained renderer outputs the field's
+render, bilinearly upsampled (in logit space).
 
 With `pixel_channels` > 0 the last block also receives per-output-pixel features (B, G, H, W), added
 through a 1x1 conv before its activation: the field's encoding at each output pixel's own 3D point (its

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Literal, get_args, get_origin, get_type_hints
 
 
 @dataclass(frozen=True)
@@ -12,15 +13,15 @@ class TrainConfig:
     batch_rays: int = 4096
     lr: float = 1e-2
     lr_final_factor: float = 0.05     # exponential decay from lr to lr * factor over `steps`
-    lr_schedule: str = "exp"          # exp | plateau (ReduceLROnPlateau on the train loss)
+    lr_schedule: Literal["exp", "plateau"] = "exp"  # plateau: ReduceLROnPlateau on the train loss
     weight_decay: float = 1e-6        # MLPs only
     seed: int = 0
     # hardware
-    device: str = "auto"              # auto | cpu | cuda
-    backend: str = "auto"             # hash grid: auto | torch | tcnn
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+    backend: Literal["auto", "torch", "triton", "tcnn"] = "auto"  # hash grid
     mixed_precision: bool = True      # CUDA only
     # model
-    model: str = "nerf"               # nerf | reference (MLP NeRF) | feature_field
+    model: Literal["nerf", "reference", "feature_field"] = "nerf"  # reference: an MLP NeRF
     grid_levels: int = 16
     grid_features: int = 2
     grid_log2_size: int = 19
@@ -28,18 +29,18 @@ class TrainConfig:
     grid_max_res: int = 2048
     hidden: int = 64
     appearance_dim: int = 0           # per-image appearance embedding (NeRF-W); 0 = off
-    # feature field (issue 6)
+    # feature field
     feature_dim: int = 16
     upsample: int = 4
     composition: bool = False
     foreground_sparsity: float | None = None  # composition, after the plane cut: loss weight of the foreground's
-                                      # opacity; None: the model's (FOREGROUND_SPARSITY, README)
+                                      # opacity; None: the model's (FOREGROUND_SPARSITY)
     patch_size: int = 16
     pixel_features: bool = True       # the renderer's last block sees the hash grid at each output pixel's point
-    skip_kernel: int = 1              # the first skip's colour correction: 1 (per ray) or 3 (3x3, GIRAFFE; README)
-    margin_loss: bool = False         # also supervise the first-skip colour of the rays around each patch (README)
+    skip_kernel: Literal[1, 3] = 1    # the first skip's colour correction: 1 (per ray) or 3 (3x3, GIRAFFE)
+    margin_loss: bool = False         # also supervise the first-skip colour of the rays around each patch
     # sampling
-    sampler: str = "occupancy"        # occupancy | hierarchical
+    sampler: Literal["occupancy", "hierarchical"] = "occupancy"
     march_steps: int = 384
     grid_resolution: int = 64
     grid_decay: float = 0.95          # occupancy EMA decay per update (every 16 steps); lower for short runs
@@ -47,9 +48,9 @@ class TrainConfig:
     early_stop_eps: float = 1e-4
     n_coarse: int = 64
     n_fine: int = 64
-    pixel_sampling: str = "uniform"   # uniform | selective (error-guided)
+    pixel_sampling: Literal["uniform", "selective"] = "uniform"  # selective: error-guided
     # data
-    scene_mode: str = "auto"          # auto | bounded | unbounded
+    scene_mode: Literal["auto", "bounded", "unbounded"] = "auto"
     holdout_every: int = 8            # every 8th image held out (LLFF); 0 = none
     max_side: int | None = None       # downscale images to this longest side before training
     # bookkeeping
@@ -57,6 +58,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     eval_chunk: int = 16384
     eval_max_views: int = 0           # 0 = every held-out view
+
+    def __post_init__(self) -> None:
+        for name, kind in get_type_hints(TrainConfig).items():
+            if get_origin(kind) is Literal and getattr(self, name) not in get_args(kind):
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {', '.join(map(str, get_args(kind)))}")
 
     @staticmethod
     def preset(name: str, **overrides) -> TrainConfig:
@@ -83,10 +89,9 @@ class TrainConfig:
         return TrainConfig(**d)
 
 
-# The foreground-opacity loss weight after the support plane is cut (core.models.losses.foreground_sparsity), per model.
-# The feature field's support is fuzzier (its geometry is learned from 1 / upsample^2 of the rays) and at 0.01 its
-# foreground kept a semi-transparent layer of the ground above the plane; at 0.05 the NeRF, whose ground is
-# sharp, moved the objects themselves into the background field (an empty foreground mesh). README, session 9.
+# The foreground-opacity loss weight after the support plane is cut (core.models.losses.foreground_sparsity), per
+# model: the feature field learns its geometry from 1 / upsample^2 of the rays, so its support is fuzzier and needs a
+# stronger push out of the foreground; as strong a push moves a NeRF's sharp objects into the background field.
 FOREGROUND_SPARSITY = {"nerf": 0.01, "feature_field": 0.05}
 
 PRESETS: dict[str, TrainConfig] = {

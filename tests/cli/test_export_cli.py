@@ -23,7 +23,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_cli_exports_a_trained_run(run_dir, capsys):
-    code = main(["export", str(run_dir), "--what", "depth,mesh,tsdf,pointcloud,views,video", "--mesh-resolution",
+    code = main(["export", str(run_dir), "--outputs", "depth,mesh,tsdf,pointcloud,views,video", "--mesh-resolution",
                  "24", "--frames", "3", "--view-max-side", "16", "--fusion-max-side", "24", "--path", "interp"])
     assert code == 0
     out = run_dir / "outputs"
@@ -38,5 +38,5 @@ def test_cli_exports_a_trained_run(run_dir, capsys):
 
 
 def test_cli_says_when_the_folder_holds_no_trained_scene(tmp_path, capsys):
-    assert main(["export", str(tmp_path), "--what", "depth"]) == 2
+    assert main(["export", str(tmp_path), "--outputs", "depth"]) == 2
     assert "run_not_trained" in capsys.readouterr().err

@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from core.errors import Cancelled, UserInputError
-from core.pipeline import JobDirs, Pipeline, PipelineOptions, RenderRequest, atomic_write_text
+from core.jobspec import JobSpec
+from core.pipeline import JobDirs, Pipeline, RenderRequest, atomic_write_text
 from core.progress import ProgressEvent, ProgressFn, StopFn
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg"}
@@ -41,7 +42,7 @@ def _enter(dirs: JobDirs, stage: str) -> None:
         raise UserInputError("fake_refused", f"the fake {stage} stage refuses this capture", "it is a test")
 
 
-def ingest(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
+def ingest(dirs: JobDirs, options: JobSpec, progress: ProgressFn, should_stop: StopFn) -> dict:
     _enter(dirs, "ingest")
     out = dirs.ingest / "images"
     out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +64,7 @@ def ingest(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should
     return {"images": n}
 
 
-def poses(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
+def poses(dirs: JobDirs, options: JobSpec, progress: ProgressFn, should_stop: StopFn) -> dict:
     _enter(dirs, "poses")
     names = sorted(p.name for p in (dirs.ingest / "images").iterdir())
     for i, _ in enumerate(names):
@@ -79,7 +80,7 @@ def _checkpoint_step(dirs: JobDirs) -> int:
         return 0
 
 
-def train(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
+def train(dirs: JobDirs, options: JobSpec, progress: ProgressFn, should_stop: StopFn) -> dict:
     _enter(dirs, "train")
     total = int(options.steps or 20)
     step_s = float(os.environ.get("FAKE_STEP_S", "0.02"))
@@ -109,7 +110,7 @@ def _png(path: Path, arr: np.ndarray) -> dict:
     return {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
-def export(dirs: JobDirs, options: PipelineOptions, progress: ProgressFn, should_stop: StopFn) -> dict:
+def export(dirs: JobDirs, options: JobSpec, progress: ProgressFn, should_stop: StopFn) -> dict:
     _enter(dirs, "export")
     import trimesh
 

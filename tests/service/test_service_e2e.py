@@ -330,6 +330,6 @@ def _embedded_round_trip(tmp_path: Path, broker: str, real: bool = False) -> Non
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_embedded_serve_real_pipeline(tmp_path):
-    """Issue 5 in the embedded mode with the real pipeline: `nerfserve serve` + `nerfserve submit` of 24
+    """The service in the embedded mode with the real pipeline: `nerfserve serve` + `nerfserve submit` of 24
     synthetic photos; pycolmap registers them, training and exports run, the client verifies every file."""
     _embedded_round_trip(tmp_path, "auto", real=True)

@@ -36,7 +36,7 @@ def test_synthetic_capture_through_the_real_pipeline(stack_factory, redis_url, t
     assert final["state"] == "succeeded", (final, stack.logs())
     progress = [s["progress"] for s in seen]
     assert progress == sorted(progress)
-    # 18 of these 24 small views registered when measured; the job goes on above 50% (issue 4's rule).
+    # 18 of these 24 small views registered when measured; the job goes on above 50% (the registered-fraction rule).
     assert final["metrics"]["poses.registered"] >= 18 and final["metrics"]["train.steps"] == 400
 
     out = tmp_path / "download"

@@ -14,8 +14,9 @@ from fixtures.analytic import AnalyticScene
 
 from cli import main as cli_main
 from core.errors import Cancelled, UserInputError
-from core.export import ExportConfig, export_all
+from core.export.config import ExportConfig
 from core.export.manifest import KINDS, load_manifest, verify_manifest
+from core.export.pipeline import export_all
 from core.export.video import write_mp4
 
 EVERYTHING = ("depth", "mesh", "tsdf", "pointcloud", "views", "video")
@@ -125,9 +126,9 @@ def test_config_rejects_what_it_does_not_know():
 
 
 def test_cli_errors_are_actionable(tmp_path, capsys):
-    assert cli_main(["export", str(tmp_path), "--what", "depth,bogus"]) == 2
+    assert cli_main(["export", str(tmp_path), "--outputs", "depth,bogus"]) == 2
     assert "bogus" in capsys.readouterr().err
-    assert cli_main(["export", str(tmp_path / "nope"), "--what", "depth"]) == 2
+    assert cli_main(["export", str(tmp_path / "nope"), "--outputs", "depth"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli_main(["export", str(tmp_path), "--path", str(tmp_path / "missing.json")]) == 2
     err = capsys.readouterr().err

@@ -30,9 +30,10 @@ from scipy.spatial.transform import Rotation
 from core.dataparsers.synthetic import SyntheticConfig, render_synthetic
 from core.engine.evaluation import composite_image
 from core.engine.train import train
-from core.export import ExportConfig, export_all
+from core.export.config import ExportConfig
 from core.export.depth import decode_depth_png
 from core.export.manifest import verify_manifest
+from core.export.pipeline import export_all
 from core.export.quality import mesh_chamfer
 from core.functional.metrics import depth_abs_rel, psnr
 from core.models.config import TrainConfig
@@ -156,7 +157,7 @@ def test_fox_export_cli(fox_dir, tmp_path):
     capture = load_capture(fox_dir)
     scene = train(capture, TrainConfig.preset("fast", steps=800, device="cpu", max_side=200))
     scene.save(tmp_path / "run" / "scene")
-    assert main(["export", str(tmp_path / "run"), "--what", "depth,mesh,views,video", "--mesh-resolution", "128",
+    assert main(["export", str(tmp_path / "run"), "--outputs", "depth,mesh,views,video", "--mesh-resolution", "128",
                  "--frames", "12", "--view-max-side", "128", "--depth-max-side", "100",
                  "--fusion-max-side", "100"]) == 0
     out = tmp_path / "run" / "outputs"

@@ -9,9 +9,9 @@ import numpy as np
 from fixtures.analytic import AnalyticScene
 from PIL import Image
 
-from core.export import render_poses
 from core.export.paths import orbit_path
 from core.export.video import even_frame, write_mp4
+from core.export.views import render_poses
 from core.functional.cameras import Intrinsics
 
 

@@ -288,7 +288,8 @@ def test_save_load_and_density_parts(small_capture, tmp_path):
 def test_nerf_with_composition_and_foreground_mesh_export(small_capture, tmp_path):
     """Composition is not only the feature field's: a composed NeRF trains through the same entry point, and
     the exporter writes a foreground-only mesh (cropped to the box) for it; a single field refuses."""
-    from core.export import ExportConfig, export_all
+    from core.export.config import ExportConfig
+    from core.export.pipeline import export_all
 
     cap = small_capture.capture
     box = (np.array([-0.6, -0.6, 0.05]), np.array([0.6, 0.6, 0.7]))
@@ -343,7 +344,7 @@ def foreground_mesh(scene, resolution: int = 128):
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("model", ["nerf", "feature_field"])
 def test_composition_foreground_mesh_holds_the_objects_not_the_ground(synthetic_small, model):
-    """Issue 6: with composition on, the foreground mesh's Chamfer distance to the objects-only mesh is
+    """With composition on, the foreground mesh's Chamfer distance to the objects-only mesh is
     <= 2% of the scene diagonal, and the background field carries the ground."""
     from core.export.quality import mesh_chamfer
     from core.scene.composition import density_of_part
@@ -383,7 +384,7 @@ def test_composition_foreground_mesh_holds_the_objects_not_the_ground(synthetic_
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("model", ["nerf", "feature_field"])
 def test_fox_short_run_renders_views_and_a_foreground_mesh_without_its_support(fox_dir, tmp_path, model):
-    """Issue 6 on the real fox capture (known poses), CPU: novel views come from the model (the neural
+    """The real fox capture (known poses), CPU: novel views come from the model (the neural
     renderer for the feature field) and the foreground mesh holds the fox, not what it stands on.
 
     The issue says "without the table"; the capture is a mounted fox head on a papered wall, so the support is
@@ -436,7 +437,7 @@ def feature_bench():
 @pytest.mark.slow
 @pytest.mark.timeout(5400)
 def test_feature_field_against_nerf_at_the_same_budget():
-    """Issue 6, side by side on the synthetic capture (benchmarks/feature_bench.py with its defaults: 40 views
+    """Side by side on the synthetic capture (benchmarks/feature_bench.py with its defaults: 40 views
     at 200 px, the budget the time the NeRF takes for 4000 steps here; NERFSERVE_FEATURE_NERF_STEPS changes the
     steps, NERFSERVE_FEATURE_BUDGET gives seconds instead): PSNR within 1.5 dB, >= 8x faster full-resolution
     frames, and the orbit warp error (both computed here) at most 1.5x the NeRF's."""
@@ -477,23 +478,21 @@ def test_feature_bench_budget_is_the_nerfs_steps_unless_seconds_are_given():
 
 def test_feature_field_options_reach_the_train_config_from_the_cli_and_the_api():
     """nerfserve train --model feature_field --upsample/--feature-dim/--composition/--margin-loss and the API's
-    JobOptions (through core.stages.train_config) give the same TrainConfig fields; bad values are refused."""
+    options (a JobSpec, through core.jobspec.train_config) give the same TrainConfig fields; bad values refused."""
     from pydantic import ValidationError
 
-    from api.schemas import JobOptions
     from cli import build_parser
     from cli.engine import train_config_from_args
-    from core.pipeline import PipelineOptions
-    from core.stages import train_config
+    from core.jobspec import JobSpec, train_config
 
     args = build_parser().parse_args(["train", "data", "--out", "run", "--model", "feature_field", "--upsample", "2",
                                       "--feature-dim", "8", "--composition", "on", "--margin-loss", "on"])
     cli = train_config_from_args(args)
-    options = JobOptions(model="feature_field", upsample=2, feature_dim=8, composition="on", margin_loss="on")
-    api = train_config(PipelineOptions.from_dict(options.to_store()), device="cpu")
+    spec = JobSpec(model="feature_field", upsample=2, feature_dim=8, composition="on", margin_loss="on")
+    api = train_config(JobSpec.from_store(spec.to_store(), device="cpu"))
     for cfg in (cli, api):
         assert (cfg.model, cfg.upsample, cfg.feature_dim, cfg.composition, cfg.margin_loss) == \
             ("feature_field", 2, 8, True, True)
-    assert not train_config(PipelineOptions(), device="cpu").margin_loss
+    assert not train_config(JobSpec()).margin_loss
     with pytest.raises(ValidationError):
-        JobOptions(margin_loss="yes")
+        JobSpec(margin_loss="yes")

@@ -1,0 +1,1 @@
+"""Migration scripts, one per schema change, in revision order (0001, 0002, ...)."""
