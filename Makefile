@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	@start=$$(date +%s); \
+	$(BIN)/ruff check . && $(BIN)/lint-imports && $(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	echo "make test: $$(( $$(date +%s) - start )) s wall time"; exit $$rc
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m '' $(PYTEST_ARGS)

@@ -1,9 +1,10 @@
-"""The torch hash grid alone: seconds per forward and per forward + backward; prints one JSON document.
+"""The hash grid alone, per backend: seconds per forward and per forward + backward; prints one JSON document.
 
     python benchmarks/hashgrid_bench.py [--points 100000] [--device cpu|cuda|auto] [--repeats 5]
 
 Points are ray-like (1000 rays x 100 samples over half the unit cube), the grid is the benchmarks' usual one
-(12 levels, 2^17 entries, resolution 16..512). With tinycudann on CUDA the tcnn backend is timed as well.
+(12 levels, 2^17 entries, resolution 16..512). The torch backend is always timed; on CUDA the triton backend too
+when triton imports, and the tcnn one when tinycudann does. Figures are keyed by backend.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import statistics
 import torch
 from render_bench import machine, timed
 
-from core.fields.encoding import HashGridConfig, make_hash_grid, tcnn_available
+from core.fields.encoding import HashGridConfig, make_hash_grid, tcnn_available, triton_available
 
 GRID = HashGridConfig(n_levels=12, features_per_level=2, log2_hashmap_size=17, base_resolution=16, max_resolution=512)
 
@@ -38,7 +39,9 @@ def main() -> None:
     origins = torch.rand(rays, 1, 3, generator=gen)
     dirs = torch.nn.functional.normalize(torch.randn(rays, 1, 3, generator=gen), dim=-1)
     x = (origins + dirs * torch.linspace(0, 0.5, 100)[None, :, None]).reshape(-1, 3).clamp(0, 1).to(device)
-    backends = ["torch"] + (["tcnn"] if device == "cuda" and tcnn_available() else [])
+    backends = ["torch"]
+    if device == "cuda":
+        backends += (["triton"] if triton_available() else []) + (["tcnn"] if tcnn_available() else [])
     figures = {}
     for backend in backends:
         grid = make_hash_grid(GRID, backend, device).to(device)

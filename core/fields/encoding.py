@@ -1,4 +1,5 @@
-"""Input encodings: the multiresolution hash grid (two backends), spherical harmonics, Fourier features.
+"""Input encodings: the multiresolution hash grid (torch, triton and tcnn backends), spherical harmonics, Fourier
+features.
 
 The torch hash grid reproduces tiny-cuda-nn's `HashGrid` encoding exactly (same parameter layout,
 so one backend's parameters load into the other):
@@ -14,6 +15,7 @@ so one backend's parameters load into the other):
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +69,13 @@ def level_layout(cfg: HashGridConfig) -> tuple[list[float], list[int], list[int]
     return scales, resolutions, sizes, offsets
 
 
+def init_table(cfg: HashGridConfig, seed: int) -> torch.Tensor:
+    """The flat table every backend starts from: (total_entries * F,) float32, U(-1e-4, 1e-4) from `seed`."""
+    _, _, sizes, offsets = level_layout(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand((offsets[-1] + sizes[-1]) * cfg.features_per_level, generator=gen) * 2 - 1) * 1e-4
+
+
 class HashGridTorch(nn.Module):
     """Pure PyTorch multiresolution hash encoding (CPU and CUDA).
 
@@ -78,9 +87,7 @@ class HashGridTorch(nn.Module):
         super().__init__()
         self.cfg = cfg
         scales, resolutions, sizes, offsets = level_layout(cfg)
-        total = offsets[-1] + sizes[-1]
-        gen = torch.Generator().manual_seed(seed)
-        self.params = nn.Parameter((torch.rand(total * cfg.features_per_level, generator=gen) * 2 - 1) * 1e-4)
+        self.params = nn.Parameter(init_table(cfg, seed))
         self.register_buffer("scales", torch.tensor(scales, dtype=torch.float32), persistent=False)
         self.register_buffer("resolutions", torch.tensor(resolutions, dtype=torch.int64), persistent=False)
         self.register_buffer("sizes", torch.tensor(sizes, dtype=torch.int64), persistent=False)
@@ -212,22 +219,51 @@ def tcnn_available() -> bool:
     return torch.cuda.is_available()
 
 
+def triton_available() -> bool:
+    """Whether triton imports. Called only when a CUDA device or the triton backend is asked for, so the torch
+    path never imports it."""
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
 def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """'auto' -> 'tcnn' when tinycudann imports and the device is CUDA, else 'torch'."""
+    """Hash grid backend name: auto | torch | triton | tcnn -> the one to build on `device`.
+
+    'auto' -> 'tcnn' when tinycudann imports and the device is CUDA, else 'triton' when triton imports and the
+    device is CUDA, else 'torch'. 'triton' on a CPU device runs Triton's interpreter (slow; for tests) and
+    needs TRITON_INTERPRET=1 set before the kernels are first imported.
+    """
     dev = torch.device(device)
     if backend == "auto":
-        return "tcnn" if dev.type == "cuda" and tcnn_available() else "torch"
+        if dev.type == "cuda" and tcnn_available():
+            return "tcnn"
+        return "triton" if dev.type == "cuda" and triton_available() else "torch"
     if backend == "tcnn" and not (dev.type == "cuda" and tcnn_available()):
         raise ValueError("hash grid backend 'tcnn' needs CUDA and the tinycudann package "
                          "(see pyproject.toml [gpu]); use backend 'torch' or 'auto'")
-    if backend not in ("torch", "tcnn"):
-        raise ValueError(f"unknown hash grid backend {backend!r}: use auto, torch or tcnn")
+    if backend == "triton":
+        if not triton_available():
+            raise ValueError("hash grid backend 'triton' needs the triton package; use backend 'torch' or 'auto'")
+        if dev.type != "cuda" and not (dev.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+            raise ValueError(f"hash grid backend 'triton' needs a CUDA device, got {dev}; on a CPU it runs only "
+                             "under Triton's interpreter (TRITON_INTERPRET=1); use backend 'torch' or 'auto'")
+    if backend not in ("torch", "triton", "tcnn"):
+        raise ValueError(f"unknown hash grid backend {backend!r}: use auto, torch, triton or tcnn")
     return backend
 
 
 def make_hash_grid(cfg: HashGridConfig, backend: str = "auto", device: str | torch.device = "cpu",
                    seed: int = 0) -> nn.Module:
+    """The hash grid for `backend` (see resolve_backend); every backend maps (S, 3) in [0, 1] to (S, L*F) and
+    shares the parameter layout. The triton module is imported only when chosen."""
     chosen = resolve_backend(backend, device)
+    if chosen == "triton":
+        from core.fields.hashgrid_triton import HashGridTriton
+
+        return HashGridTriton(cfg, seed=seed)
     cls = HashGridTcnn if chosen == "tcnn" else HashGridTorch
     return cls(cfg, seed=seed)
 

@@ -31,7 +31,7 @@ def mlp(n_in: int, n_hidden: int, n_layers: int, n_out: int) -> nn.Sequential:
 @dataclass(frozen=True)
 class FieldConfig:
     grid: HashGridConfig = HashGridConfig()
-    backend: str = "auto"            # auto | torch | tcnn (hash grid)
+    backend: str = "auto"            # auto | torch | triton | tcnn (hash grid)
     hidden: int = 64
     geo_features: int = 15
     color_layers: int = 2
@@ -65,7 +65,8 @@ class HashNerfField(nn.Module):
 
     @property
     def backend(self) -> str:
-        return "tcnn" if type(self.encoding).__name__ == "HashGridTcnn" else "torch"
+        names = {"HashGridTcnn": "tcnn", "HashGridTriton": "triton"}
+        return names.get(type(self.encoding).__name__, "torch")
 
     def _geometry(self, points_field: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.density_net(self.encoding(to_unit_cube(points_field, self.contracted)))
