@@ -105,37 +105,78 @@ def checkpoint_step(path: Path) -> int:
     return int(Path(path).stem.removeprefix(CKPT_PREFIX))
 
 
+def host_bytes(state: torch.Tensor) -> torch.Tensor:
+    """An RNG state as the CPU ByteTensor the generators' set_state insists on.
+
+    state: (S,) uint8 on any device (a checkpoint loaded with a CUDA map_location puts it there).
+    Returns (S,) uint8, CPU, contiguous.
+    """
+    return state.detach().to("cpu", torch.uint8).contiguous()
+
+
+def rng_states(device: torch.device) -> dict:
+    """The RNG states a checkpoint keeps: {"rng_cpu": (S,) uint8 CPU, "rng_cuda": (S',) uint8 CPU or None
+    (the CUDA generator of `device` when it is a CUDA device), "rng_device": str(device)}."""
+    cuda = device.type == "cuda"
+    return {"rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if cuda else None, "rng_device": str(device)}
+
+
+def restore_rng(state: dict, device: torch.device) -> None:
+    """Set the RNGs from `rng_states` output (any device: each state is copied to a CPU ByteTensor first).
+
+    The CUDA generator of `device` gets the saved CUDA state when training runs on CUDA and one was
+    saved; it is left alone otherwise (a checkpoint from a CPU run, or training now on the CPU).
+    Checkpoints from before "rng_device" hold torch.cuda.get_rng_state_all() (a list, one per GPU): the
+    entry of device's index is used when there is one.
+    """
+    torch.set_rng_state(host_bytes(state["rng_cpu"]))
+    saved = state.get("rng_cuda")
+    if device.type != "cuda" or saved is None:
+        return
+    if isinstance(saved, list | tuple):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        saved = saved[index] if index < len(saved) else None
+    if saved is not None:
+        torch.cuda.set_rng_state(host_bytes(saved), device)
+
+
 @dataclass
 class _State:
-    """Everything a checkpoint holds besides the RNGs."""
+    """Everything a checkpoint holds, and the training device (whose RNGs it saves and restores)."""
 
     model: torch.nn.Module
     opt: torch.optim.Optimizer
     sched: object
     stream: object
     scaler: torch.amp.GradScaler | None
+    device: torch.device
 
     def save(self, checkpoint_dir: Path, step: int, keep: int) -> Path:
         state = {"step": step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                  "scheduler": self.sched.state_dict(), "stream": self.stream.state_dict(),
                  "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                 "rng_cpu": torch.get_rng_state(),
-                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+                 **rng_states(self.device)}
         path = atomic_write(Path(checkpoint_dir) / f"{CKPT_PREFIX}{step:08d}.pt", lambda p: torch.save(state, p))
         for old in sorted(Path(checkpoint_dir).glob(f"{CKPT_PREFIX}*.pt"))[:-keep]:
             old.unlink(missing_ok=True)
         return path
 
-    def restore(self, path: Path, device: torch.device) -> int:
-        state = torch.load(path, map_location=device, weights_only=False)
+    def restore(self, path: Path) -> int:
+        """Load a checkpoint; returns its step.
+
+        It is read onto the host: the model and the optimiser copy their tensors to their parameters'
+        device, the stream's state (tile losses, planned batches) lives on the host, and the RNG states
+        must be CPU ByteTensors. (Read onto a CUDA device, torch.set_rng_state refused the CPU state and
+        the selective sampler got CUDA tile losses.)
+        """
+        state = torch.load(path, map_location="cpu", weights_only=False)
         for obj, key in ((self.model, "model"), (self.opt, "optimizer"), (self.sched, "scheduler"),
                          (self.stream, "stream")):
             obj.load_state_dict(state[key])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if state.get("rng_cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        restore_rng(state, self.device)
         return int(state["step"])
 
 
@@ -169,9 +210,10 @@ def optimise(model, opt: torch.optim.Optimizer, stream, step_fn: StepFn, config:
     "final_train_psnr"}.
     """
     amp = device.type == "cuda" and config.mixed_precision
-    state = _State(model, opt, make_scheduler(opt, config), stream, torch.amp.GradScaler("cuda") if amp else None)
+    state = _State(model, opt, make_scheduler(opt, config), stream, torch.amp.GradScaler("cuda") if amp else None,
+                   device)
     ckpt = latest_checkpoint(checkpoint_dir) if resume else None
-    start = state.restore(ckpt, device) if ckpt is not None else 0
+    start = state.restore(ckpt) if ckpt is not None else 0
     plateau = isinstance(state.sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
     t0, last_report, rays_done, samples_done = time.time(), 0.0, 0, 0
     loss_value = psnr_value = float("nan")

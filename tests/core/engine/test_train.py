@@ -115,6 +115,142 @@ def test_cancel_then_resume_matches_uninterrupted(tiny_synth, tiny_trained, tmp_
     assert abs(resumed.metrics["psnr_holdout"] - scene_full.metrics["psnr_holdout"]) < 0.5
 
 
+class _OffHost(torch.Tensor):
+    """A tensor that is not on the host, as after torch.load(map_location="cuda"): it reports the meta device
+    (so torch.set_rng_state refuses it exactly as it refuses a CUDA tensor) and keeps its bytes, which only
+    an explicit copy to the CPU (.cpu(), .to("cpu")) hands back."""
+
+    @staticmethod
+    def __new__(cls, data: torch.Tensor):
+        t = torch.Tensor._make_wrapper_subclass(cls, data.shape, dtype=data.dtype, device="meta")
+        t.inner = data
+        return t
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        from torch.utils._pytree import tree_map
+
+        kwargs = kwargs or {}
+        out = func(*tree_map(lambda x: x.inner if isinstance(x, _OffHost) else x, args), **kwargs)
+        if func is torch.ops.aten._to_copy.default and torch.device(kwargs.get("device", "meta")).type == "cpu":
+            return out
+        return tree_map(lambda x: _OffHost(x) if isinstance(x, torch.Tensor) else x, out)
+
+
+class _Toy(torch.nn.Module):
+    """A linear layer with the hooks core.loop.optimise calls (train(), update_grid(step))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+    def update_grid(self, step: int) -> None:
+        return None
+
+
+def _toy_training(device: str, checkpoint_dir: Path, should_stop=lambda: False) -> tuple[torch.nn.Module, list]:
+    """6 steps of a toy model on a selective ray stream, checkpoints every 3; records each step's batch and
+    its draws from the CPU generator and from the device's."""
+    from core.data import PixelStore, RayBatchStream
+    from core.loop import StepOutput, optimise
+
+    rng = np.random.default_rng(0)
+    store = PixelStore.from_images([rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(2)],
+                                   device=device)
+    torch.manual_seed(0)
+    model = _Toy().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    stream = RayBatchStream(store, 64, device, seed=3, mode="selective")
+    records = []
+
+    def step(batch) -> StepOutput:
+        noise, noise_dev = torch.rand(3), torch.rand(3, device=device)
+        pred = model(batch.colors + noise.to(device) + noise_dev)
+        per_ray = ((pred.float() - batch.colors) ** 2).mean(-1)
+        stream.update_errors(batch, per_ray.detach())
+        records.append((batch.flat.cpu(), noise, noise_dev.cpu()))
+        loss = per_ray.mean()
+        return StepOutput(loss, float(loss.detach()), len(per_ray), len(per_ray))
+
+    cfg = TrainConfig(steps=6, checkpoint_every=3, device=device)
+    optimise(model, opt, stream, step, cfg, torch.device(device), lambda ev: None, should_stop, checkpoint_dir)
+    return model, records
+
+
+def _cancel_at(step: int):
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > step
+    return stop
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_resume_restores_rngs_whatever_device_the_checkpoint_loads_onto(device, tmp_path, monkeypatch):
+    """Resumed at step 3, the run draws the batches and random numbers of an uninterrupted one. On the CPU,
+    torch.load is made to return the RNG states off the host, as reading the checkpoint onto a CUDA device
+    does (there torch.set_rng_state raised "RNG state must be a torch.ByteTensor")."""
+    import core.loop
+
+    full, expected = _toy_training(device, tmp_path / "full")
+    with pytest.raises(Cancelled):
+        _toy_training(device, tmp_path / "cut", should_stop=_cancel_at(3))
+    assert latest_checkpoint(tmp_path / "cut").name == "ckpt_00000003.pt"
+    loads = []
+    if device == "cpu":
+        real_load = torch.load
+
+        def load_off_host(*args, **kwargs):
+            state = real_load(*args, **kwargs)
+            loads.append(state)
+            return {**state, "rng_cpu": _OffHost(state["rng_cpu"])}
+
+        monkeypatch.setattr(core.loop.torch, "load", load_off_host)
+    resumed, got = _toy_training(device, tmp_path / "cut")
+    assert len(loads) == (1 if device == "cpu" else 0)
+    assert len(got) == 3
+    for (flat_a, cpu_a, dev_a), (flat_b, cpu_b, dev_b) in zip(expected[3:], got, strict=True):
+        assert torch.equal(flat_a, flat_b) and torch.equal(cpu_a, cpu_b) and torch.equal(dev_a, dev_b)
+    for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_restore_rng_takes_any_device_and_skips_a_cuda_state_off_cuda():
+    from core.loop import restore_rng, rng_states
+
+    state = rng_states(torch.device("cpu"))
+    assert state["rng_cuda"] is None and state["rng_cpu"].dtype == torch.uint8
+    expected = torch.rand(4)
+    torch.rand(7)
+    fake_cuda = [_OffHost(torch.zeros(16, dtype=torch.uint8))]          # a pre-"rng_device" list, unusable here
+    restore_rng({"rng_cpu": _OffHost(state["rng_cpu"]), "rng_cuda": fake_cuda}, torch.device("cpu"))
+    assert torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.gpu
+def test_cuda_training_checkpoints_and_resumes(tiny_synth, tmp_path):
+    """A few steps on CUDA (mixed precision, selective sampling), cancelled after a checkpoint, then resumed."""
+    from core.loop import checkpoint_step
+
+    cfg = TrainConfig.preset("fast", **{**TINY, "device": "cuda", "steps": 40, "checkpoint_every": 20,
+                                        "pixel_sampling": "selective"})
+    with pytest.raises(Cancelled):
+        train(tiny_synth.capture, cfg, should_stop=_cancel_at(25), checkpoint_dir=tmp_path)
+    ckpt = latest_checkpoint(tmp_path)
+    assert checkpoint_step(ckpt) == 25
+    state = torch.load(ckpt, weights_only=False)
+    assert state["rng_cpu"].device.type == "cpu" and state["rng_cuda"].device.type == "cpu"
+    assert state["stream"]["tile_loss"].device.type == "cpu"
+    resumed = train(tiny_synth.capture, cfg, checkpoint_dir=tmp_path)
+    assert resumed.metrics["resumed_from"] == 25 and resumed.metrics["device"].startswith("cuda")
+    assert checkpoint_step(latest_checkpoint(tmp_path)) == 40
+    assert np.isfinite(resumed.metrics["psnr_holdout"])
+
+
 def test_hierarchical_sampler_and_selective_sampling_train(tiny_synth):
     cfg = TrainConfig.preset("fast", **{**TINY, "steps": 60, "batch_rays": 384, "sampler": "hierarchical",
                                         "n_coarse": 24, "n_fine": 16, "pixel_sampling": "selective"})
