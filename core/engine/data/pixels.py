@@ -60,6 +60,37 @@ def tile_major_pixels(mask: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarr
     return (v * w + u).astype(np.int64), counts
 
 
+# uint8 -> [0, 1] float32, by true division on the host. Arithmetic on the device may round differently: CUDA
+# divides by a scalar as a multiplication by its float32 reciprocal, which is one ulp off x / 255 for 126 of
+# the 256 values, so a CUDA batch's colours differed from the CPU's. Looked up instead, they are the same bits.
+_UNIT_LUT = torch.arange(256, dtype=torch.float32) / 255.0
+_unit_luts: dict[torch.device, torch.Tensor] = {torch.device("cpu"): _UNIT_LUT}
+_unit_lock = threading.Lock()
+
+
+def unit_colors(colors: torch.Tensor) -> torch.Tensor:
+    """uint8 colours -> float32 in [0, 1], bit-identical on every device (value / 255.0 as the CPU divides).
+
+    colors: (...) uint8 on any device. Returns (...) float32 on the same device: a gather from a 256-entry
+    table computed on the host (copied once per device), never device arithmetic.
+    """
+    if colors.dtype != torch.uint8:
+        raise ValueError(f"colors must be uint8, got {colors.dtype}")
+    device = colors.device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    lut = _unit_luts.get(device)
+    if lut is None:
+        with _unit_lock:
+            lut = _unit_luts.get(device)
+            if lut is None:
+                lut = _UNIT_LUT.to(device)
+                if device.type == "cuda":      # read from other streams (the prefetch copy streams)
+                    torch.cuda.current_stream(device).synchronize()
+                _unit_luts[device] = lut
+    return lut[colors.long()]
+
+
 def pack_colors(images: list[np.ndarray], channels: int, pin: bool) -> torch.Tensor:
     """Concatenate images' pixels row-major into one (P, channels) uint8 tensor.
 

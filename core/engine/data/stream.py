@@ -6,7 +6,8 @@ Pipeline, per batch j (one background thread does the host and copy work, in ord
    seeded from (seed, epoch)); error-guided draws come from core.engine.data.selective.
 2. gather: `index_select(out=)` of their uint8 colours into staging slot j % prefetch (pinned on CUDA).
 3. copy: on CUDA, `non_blocking` host-to-device copies on a side stream, then the device-side
-   finishing (flat index -> image, u, v; uint8 -> float) on that stream; an event marks the end.
+   finishing (flat index -> image, u, v; uint8 -> float by table, `unit_colors`) on that stream; an
+   event marks the end.
 The consumer's stream waits on that event and `record_stream`s the batch's tensors, so compute on
 batch j overlaps the gather and copy of the following ones. A staging slot is refilled only after
 its previous copy's event. On CPU the same path runs (no pinning, no streams; the thread still
@@ -16,6 +17,8 @@ trains.
 Reproducibility: batch j is a function of the seed, j and, in selective mode, of the losses passed to
 `update_errors`: every next() call hands the worker the losses received since the previous call, and
 the worker folds them in before drawing. The thread's timing never changes a batch.
+Nor does the device: every draw is made on the host with CPU generators, and colours become floats
+through a table computed on the host (`unit_colors`), not by arithmetic on the device.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from core.engine.data.pixels import PixelStore
+from core.engine.data.pixels import PixelStore, unit_colors
 from core.engine.data.selective import SelectiveConfig, TileSampler
 
 Mode = Literal["uniform", "selective"]
@@ -376,7 +379,7 @@ class _PixelPlanner:
     def finish(self, dev: dict[str, torch.Tensor]) -> PixelBatch:
         flat = dev["flat"]
         image_index, u, v = self.store.locate(flat)
-        return PixelBatch(flat, image_index, u, v, dev["colors"].float().div_(255.0))
+        return PixelBatch(flat, image_index, u, v, unit_colors(dev["colors"]))
 
 
 class RayBatchStream(_Stream):
@@ -485,7 +488,7 @@ class _PatchPlanner:
         torch.index_select(self.store.colors, 0, flat.reshape(-1), out=staging["colors"])
 
     def finish(self, dev: dict[str, torch.Tensor]) -> PatchBatch:
-        colors = dev["colors"].view(self.count, self.size, self.size, -1).float().div_(255.0)
+        colors = unit_colors(dev["colors"].view(self.count, self.size, self.size, -1))
         meta = dev["meta"]
         return PatchBatch(meta[0], meta[1], meta[2], colors)
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from core.engine.data import PatchStream, PixelStore, RayBatchStream, SelectiveConfig
+from core.engine.data.pixels import unit_colors
 from core.engine.data.stream import feistel_permute, permutation_walk
 from core.errors import UserInputError
 from core.functional.cameras import Intrinsics
@@ -322,6 +323,50 @@ def test_real_capture_colours(fox_dir):
     expect = np.stack([images[i][v, u] for i, u, v in zip(b.image_index.tolist(), b.u.tolist(),
                                                              b.v.tolist(), strict=True)])
     assert np.array_equal(got, expect)
+
+
+def _divide_like_cuda(monkeypatch) -> None:
+    """Make float tensor / Python number compute as CUDA does: times the float32 reciprocal of the number
+    (aten's div_true_kernel_cuda with a CPU scalar), which is not always the correctly rounded quotient."""
+    real = {name: getattr(torch.Tensor, name) for name in ("div", "div_", "__truediv__")}
+
+    def patched(name):
+        def div(self, other, *args, **kwargs):
+            if isinstance(other, int | float) and self.dtype == torch.float32 and not args and not kwargs:
+                inv = float(np.float32(1.0) / np.float32(other))
+                return self.mul_(inv) if name == "div_" else self.mul(inv)
+            return real[name](self, other, *args, **kwargs)
+        return div
+
+    for name in real:
+        monkeypatch.setattr(torch.Tensor, name, patched(name))
+
+
+def test_colours_are_the_host_quotient_whatever_the_device_arithmetic(monkeypatch):
+    """uint8 -> float is a table lookup: bit for bit value / 255 as the CPU divides, even where the device
+    divides differently. Under CUDA's division, emulated here on the CPU, `colors.float().div_(255)` gave
+    other bits for 126 of the 256 values, and the CUDA stream's colours differed from the CPU stream's."""
+    values = torch.arange(256).to(torch.uint8)
+    exact = torch.from_numpy(np.arange(256, dtype=np.float32) / np.float32(255))
+    assert torch.equal(unit_colors(values), exact)
+    assert torch.equal(unit_colors(values.view(16, 16)), exact.view(16, 16))
+    _divide_like_cuda(monkeypatch)
+    cuda_like = values.float().div_(255.0)
+    assert int((cuda_like != exact).sum()) == 126                      # what the device arithmetic gives
+    assert torch.equal(unit_colors(values), exact)
+    images = _images(sizes=((48, 64), (32, 40)), alpha=(1,))
+    store = PixelStore.from_images(images, _masks(images))
+    host = store.colors.numpy().astype(np.float32) / np.float32(255)   # numpy: the correctly rounded quotient
+    with RayBatchStream(store, 200, seed=1, mode="selective") as rays:
+        for b in _take(rays, 6, feedback=_target_loss(store, 2)):
+            assert torch.equal(b.colors, torch.from_numpy(host[b.flat.numpy()]))
+    with PatchStream(store, 8, 32, seed=1) as patches:
+        b = next(patches)
+        flat = store.flat_index(b.image_index[:, None, None], b.u0[:, None, None] + torch.arange(8),
+                                b.v0[:, None, None] + torch.arange(8)[:, None])
+        assert torch.equal(b.colors, torch.from_numpy(host[flat.numpy()]))
+    with pytest.raises(ValueError, match="uint8"):
+        unit_colors(values.float())
 
 
 @pytest.mark.gpu
