@@ -1,7 +1,9 @@
-"""The only module that calls pycolmap (4.x). Everything it returns is plain Python / numpy.
+"""The only module that calls pycolmap (4.x): SfM steps, and COLMAP models read, written and converted.
 
-pycolmap conventions handled here: `Image.cam_from_world()` is a method returning world-to-camera
-in OpenCV axes; `Rigid3d.rotation.quat` is **xyzw** (converted to wxyz for `core.dataparsers.colmap_model`);
+Everything it returns is plain Python / numpy, or a `pycolmap.Reconstruction` that other modules only
+hand back to functions here. pycolmap conventions handled here: `Image.cam_from_world()` is a method
+returning world-to-camera in OpenCV axes (inverted to our camera-to-world); `Rigid3d.rotation.quat` is
+**xyzw**; a model built by hand needs a rig per camera and a frame per image (the `trivial` helpers);
 camera models are chosen through `ImageReaderOptions.camera_model`; `incremental_mapping` returns
 {index: Reconstruction} and the largest one is kept (never assume index 0).
 """
@@ -9,19 +11,28 @@ camera models are chosen through `ImageReaderOptions.camera_model`; `incremental
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pycolmap
 
-from core.dataparsers.colmap_model import ColmapCamera, ColmapImage, ColmapModel
-from core.errors import Cancelled
+from core.dataparsers.geo import Sim3
+from core.errors import Cancelled, UserInputError
+from core.functional.cameras import Intrinsics
 from core.progress import StopFn, never_stop
+from core.scene.capture import Capture
 
+# The COLMAP camera models we can represent as `Intrinsics` (and let SfM use).
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+MODEL_FILES = ("cameras", "images", "points3D")
+# A COLMAP model in memory; other modules name the type through this module.
+Reconstruction = pycolmap.Reconstruction
 
 
 @dataclass(frozen=True)
@@ -60,13 +71,14 @@ class DatabaseStats:
 
 @dataclass
 class MappingResult:
-    """The largest reconstruction, as a plain COLMAP model in working-copy pixels, COLMAP's frame.
+    """The largest reconstruction, in working-copy pixels and COLMAP's frame.
 
+    reconstruction: also holds the images it did not register (without poses) and their cameras.
     model_sizes: registered images of every model COLMAP built, largest first.
     mean_reprojection_error: pixels (working copy). mean_track_length: observations per 3D point.
     """
 
-    model: ColmapModel
+    reconstruction: pycolmap.Reconstruction
     model_sizes: list[int]
     mean_reprojection_error: float
     mean_track_length: float
@@ -219,31 +231,6 @@ def database_stats(database: Path) -> DatabaseStats:
     return stats
 
 
-def _to_model(rec: pycolmap.Reconstruction) -> ColmapModel:
-    cameras = {cid: ColmapCamera(cam.model.name, cam.width, cam.height, np.asarray(cam.params, np.float64))
-               for cid, cam in rec.cameras.items()}
-    images, points2d = {}, {}
-    for iid in rec.reg_image_ids():
-        im = rec.image(iid)
-        pose = im.cam_from_world()
-        x, y, z, w = pose.rotation.quat  # pycolmap: xyzw
-        images[iid] = ColmapImage(im.name, im.camera_id, np.array([w, x, y, z]), np.array(pose.translation))
-        pts = im.points2D
-        xys = np.array([p.xy for p in pts], dtype=np.float64).reshape(-1, 2)
-        ids = np.array([p.point3D_id if p.has_point3D() else -1 for p in pts], dtype=np.int64)
-        points2d[iid] = (xys, ids)
-    pids = sorted(rec.point3D_ids())
-    pts3 = [rec.point3D(pid) for pid in pids]
-    tracks = [np.array([[e.image_id, e.point2D_idx] for e in p.track.elements], dtype=np.int64).reshape(-1, 2)
-              for p in pts3]
-    return ColmapModel(
-        cameras=cameras, images=images, point_ids=np.array(pids, dtype=np.int64),
-        xyz=np.array([p.xyz for p in pts3], dtype=np.float64).reshape(-1, 3),
-        rgb=np.array([p.color for p in pts3], dtype=np.uint8).reshape(-1, 3),
-        error=np.array([p.error for p in pts3], dtype=np.float64),
-        track_length=np.array([len(t) for t in tracks], dtype=np.int64), tracks=tracks, points2d=points2d)
-
-
 def incremental_mapping(database: Path, image_dir: Path, output_dir: Path, num_threads: int = -1,
                         seed: int = 0, min_model_size: int = 3, use_position_priors: bool = False,
                         on_registered: Callable[[int], None] = lambda k: None,
@@ -279,7 +266,211 @@ def incremental_mapping(database: Path, image_dir: Path, output_dir: Path, num_t
         return None
     ranked = sorted(models.values(), key=lambda r: r.num_reg_images(), reverse=True)
     best = ranked[0]
-    return MappingResult(model=_to_model(best), model_sizes=[r.num_reg_images() for r in ranked],
+    return MappingResult(reconstruction=best, model_sizes=[r.num_reg_images() for r in ranked],
                          mean_reprojection_error=float(best.compute_mean_reprojection_error()),
                          mean_track_length=float(best.compute_mean_track_length()),
                          num_points=int(best.num_points3D()))
+
+
+# --- COLMAP models --------------------------------------------------------------------------------------------
+
+class RegisteredView(NamedTuple):
+    """One registered image of a model.
+
+    name: image file name as COLMAP stores it. camera_id: its COLMAP camera.
+    intrinsics: that camera, in the model's pixels. c2w: (4, 4) float64 camera-to-world, OpenCV axes, model frame.
+    """
+
+    name: str
+    camera_id: int
+    intrinsics: Intrinsics
+    c2w: np.ndarray
+
+
+def model_format(model_dir: str | Path) -> str | None:
+    """"bin" or "txt" if `model_dir` holds a complete model in that format (bin preferred, as COLMAP reads it),
+    else None. Only cameras, images and points3D are required; rigs and frames are optional."""
+    d = Path(model_dir)
+    for ext in ("bin", "txt"):
+        if all((d / f"{n}.{ext}").is_file() for n in MODEL_FILES):
+            return ext
+    return None
+
+
+# Reading a model in a child process first: pycolmap trusts the counts in a .bin file, so a truncated or
+# tampered upload can make it allocate without bound (a cut points3D.bin grew past 14 GB) or fail
+# half-way. The child gets an address-space cap of this base plus this many times the model's bytes.
+_PROBE_BASE_BYTES = 512 * 2**20
+_PROBE_BYTES_PER_BYTE = 32
+_PROBE_TIMEOUT_S = 600
+_PROBE = """
+import resource, sys
+import pycolmap
+try:
+    used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (used + int(sys.argv[2]), resource.RLIM_INFINITY))
+except (OSError, ValueError):
+    pass
+pycolmap.Reconstruction(sys.argv[1])
+"""
+
+
+def _probe_model(model_dir: Path) -> str | None:
+    """None if pycolmap reads `model_dir` within bounded memory and time, else what went wrong."""
+    size = sum(f.stat().st_size for f in model_dir.iterdir() if f.is_file() and f.suffix in (".bin", ".txt"))
+    budget = _PROBE_BASE_BYTES + _PROBE_BYTES_PER_BYTE * size
+    try:
+        run = subprocess.run([sys.executable, "-c", _PROBE, str(model_dir), str(budget)], capture_output=True,
+                             text=True, timeout=_PROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        return f"reading took over {_PROBE_TIMEOUT_S} s"
+    if run.returncode == 0:
+        return None
+    lines = [ln.strip() for ln in run.stderr.splitlines() if ln.strip()]
+    return lines[-1] if lines else f"the reader exited with status {run.returncode}"
+
+
+def read_reconstruction(model_dir: str | Path) -> pycolmap.Reconstruction:
+    """The COLMAP model in `model_dir` (.bin or .txt, see `model_format`), cameras and poses as stored.
+
+    Raises UserInputError colmap_model_missing (no complete model) or colmap_model_corrupt (unreadable,
+    including files whose counts would make pycolmap exhaust memory).
+    """
+    d = Path(model_dir)
+    fmt = model_format(d)
+    if fmt is None:
+        raise UserInputError(
+            "colmap_model_missing",
+            f"{d}: no complete COLMAP model (need cameras, images and points3D as .bin or .txt).",
+            "Point to the sparse model folder (e.g. sparse/0) that COLMAP wrote.")
+    problem = _probe_model(d)
+    if problem is None:
+        try:
+            return pycolmap.Reconstruction(d)
+        except (ValueError, IndexError, RuntimeError, MemoryError) as e:
+            problem = str(e)
+    raise UserInputError("colmap_model_corrupt", f"{d}: the COLMAP model ({fmt}) is unreadable: {problem}",
+                         "Re-export the model from COLMAP (File > Export model).")
+
+
+def write_reconstruction(rec: pycolmap.Reconstruction, model_dir: str | Path, binary: bool = True) -> Path:
+    """Write `rec` into `model_dir` as .bin (binary=True) or .txt; returns the folder.
+
+    pycolmap writes rigs and frames next to cameras, images and points3D, and only registered images.
+    Image names with spaces do not survive the .txt format (COLMAP splits its lines on spaces).
+    """
+    d = Path(model_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    if binary:
+        rec.write_binary(d)
+    else:
+        rec.write_text(d)
+    return d
+
+
+def camera_to_intrinsics(camera: pycolmap.Camera, source: str = "COLMAP model") -> Intrinsics:
+    """Our Intrinsics for a COLMAP camera (same pixels); UserInputError for models we cannot represent."""
+    model = camera.model.name
+    p = [float(v) for v in camera.params]
+    w, h = int(camera.width), int(camera.height)
+    if model == "SIMPLE_PINHOLE":
+        return Intrinsics(p[0], p[0], p[1], p[2], w, h)
+    if model == "PINHOLE":
+        return Intrinsics(p[0], p[1], p[2], p[3], w, h)
+    if model == "SIMPLE_RADIAL":
+        return Intrinsics(p[0], p[0], p[1], p[2], w, h, k1=p[3])
+    if model == "RADIAL":
+        return Intrinsics(p[0], p[0], p[1], p[2], w, h, k1=p[3], k2=p[4])
+    if model == "OPENCV":
+        return Intrinsics(*p[:4], w, h, k1=p[4], k2=p[5], p1=p[6], p2=p[7])
+    raise UserInputError(
+        "unsupported_camera_model",
+        f"{source}: camera model {model} is not supported (supported: {', '.join(CAMERA_MODELS)}).",
+        "Re-run COLMAP with --ImageReader.camera_model OPENCV (or PINHOLE for undistorted images).")
+
+
+def _camera_model_and_params(intr: Intrinsics) -> tuple[str, np.ndarray]:
+    """PINHOLE without distortion, OPENCV with it; params: (4,) or (8,) float64."""
+    if intr.has_distortion:
+        return "OPENCV", intr.params()
+    return "PINHOLE", intr.params()[:4]
+
+
+def intrinsics_to_camera(intr: Intrinsics, camera_id: int = 1) -> pycolmap.Camera:
+    """A COLMAP camera for our Intrinsics: PINHOLE without distortion, OPENCV with it."""
+    model, params = _camera_model_and_params(intr)
+    return pycolmap.Camera(model=model, width=intr.width, height=intr.height, params=params, camera_id=camera_id)
+
+
+def _c2w(image: pycolmap.Image) -> np.ndarray:
+    """(4, 4) float64 camera-to-world of a registered image, OpenCV axes, model frame."""
+    c2w = np.eye(4)
+    c2w[:3] = image.cam_from_world().inverse().matrix()
+    return c2w
+
+
+def registered_views(rec: pycolmap.Reconstruction, source: str = "COLMAP model") -> list[RegisteredView]:
+    """The registered images of `rec`, sorted by name; UserInputError for camera models we cannot represent."""
+    views = []
+    for image_id in rec.reg_image_ids():
+        image = rec.image(image_id)
+        intr = camera_to_intrinsics(rec.camera(image.camera_id), source)
+        views.append(RegisteredView(image.name, int(image.camera_id), intr, _c2w(image)))
+    return sorted(views, key=lambda v: v.name)
+
+
+def capture_to_reconstruction(capture: Capture) -> pycolmap.Reconstruction:
+    """A COLMAP model of a capture's cameras and poses (no points); equal intrinsics share a camera.
+
+    Camera ids count from 1 in order of first use, image ids are the frame index + 1.
+    """
+    rec = pycolmap.Reconstruction()
+    cam_ids: dict[Intrinsics, int] = {}
+    for i, (intr, name) in enumerate(zip(capture.intrinsics, capture.names, strict=True)):
+        if intr not in cam_ids:
+            cam_ids[intr] = len(cam_ids) + 1
+            rec.add_camera_with_trivial_rig(intrinsics_to_camera(intr, cam_ids[intr]))
+        w2c = np.linalg.inv(np.asarray(capture.c2w[i], dtype=np.float64))
+        image = pycolmap.Image(name=name, camera_id=cam_ids[intr], image_id=i + 1)
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(w2c[:3]))
+    return rec
+
+
+def rescale_to_image_sizes(rec: pycolmap.Reconstruction, sizes: dict[str, tuple[int, int]]
+                           ) -> pycolmap.Reconstruction:
+    """A copy of `rec` whose cameras and 2D points are in the pixels of resized images.
+
+    sizes: {image name: (width, height) pixels of the image the model should describe}. Each camera is
+    rescaled per axis to the size of its first image (pixel centres at +0.5 make this exact) and becomes
+    PINHOLE/OPENCV, so that fx and fy may differ after rounding to whole pixels; the 2D points of each
+    image are scaled with its camera. Cameras of no listed image stay as they are.
+    """
+    out = pycolmap.Reconstruction(rec)
+    first: dict[int, str] = {}
+    for _, image in sorted(out.images.items(), key=lambda item: item[0]):
+        if image.name in sizes:
+            first.setdefault(image.camera_id, image.name)
+    scale: dict[int, np.ndarray] = {}
+    for camera_id, name in first.items():
+        camera = out.camera(camera_id)
+        intr = camera_to_intrinsics(camera).scaled(*sizes[name])
+        scale[camera_id] = np.array([intr.width / camera.width, intr.height / camera.height])
+        camera.model, camera.params = _camera_model_and_params(intr)
+        camera.width, camera.height = intr.width, intr.height
+    for image in out.images.values():
+        if image.camera_id in scale:
+            for point in image.points2D:
+                point.xy = point.xy * scale[image.camera_id]
+    return out
+
+
+def transform_reconstruction(rec: pycolmap.Reconstruction, sim: Sim3) -> pycolmap.Reconstruction:
+    """A copy of `rec` in a new world frame: x_new = sim(x_old) for points and camera centres.
+
+    Camera rotations are left-multiplied by sim.rotation, as `Sim3.apply_c2w` does; cameras and 2D points
+    are unchanged.
+    """
+    out = pycolmap.Reconstruction(rec)
+    out.transform(pycolmap.Sim3d(float(sim.scale), pycolmap.Rotation3d(np.asarray(sim.rotation, np.float64)),
+                                 np.asarray(sim.translation, np.float64)))
+    return out

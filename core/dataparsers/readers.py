@@ -3,7 +3,8 @@
 This is the one place where conventions are converted (see docs/conventions.md):
 - transforms.json stores camera-to-world in OpenGL camera axes (x right, y up, z back); we flip the
   y and z columns of the rotation to get OpenCV axes [Right, Down, Forward] (`_opengl_to_opencv`).
-- COLMAP stores world-to-camera as a wxyz quaternion and a translation, OpenCV axes; we invert it.
+- COLMAP stores world-to-camera in OpenCV axes; `core.dataparsers.colmap_adapter` (pycolmap) reads the
+  model and inverts the poses.
 Everything returned is a `core.scene.capture.Capture` with float64 OpenCV camera-to-world poses.
 """
 
@@ -17,16 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.dataparsers.colmap_model import (
-    ColmapImage,
-    ColmapModel,
-    camera_to_intrinsics,
-    image_world_to_camera,
-    intrinsics_to_camera,
-    model_format,
-    read_colmap_model,
-    world_to_camera_qt,
-)
+from core.dataparsers import colmap_adapter as colmap
 from core.errors import UserInputError
 from core.functional.cameras import Intrinsics
 from core.scene.capture import Capture, FrameInfo
@@ -347,41 +339,27 @@ def write_capture(capture: Capture, out_dir: str | Path) -> Path:
 # --- COLMAP ----------------------------------------------------------------------------------------
 
 def read_colmap_capture(model_dir: str | Path, image_dir: str | Path, max_side: int | None = None) -> Capture:
-    """Registered images of a COLMAP model, sorted by name, with camera-to-world poses (OpenCV axes)."""
+    """Registered images of a COLMAP model (.bin or .txt), sorted by name.
+
+    Poses: (N, 4, 4) float64 camera-to-world, OpenCV axes, COLMAP's frame. Intrinsics follow the images as
+    loaded (a uniformly resized copy is fine) and `max_side`.
+    """
     model_dir, image_dir = Path(model_dir), Path(image_dir)
-    model = read_colmap_model(model_dir)
-    if not model.images:
+    what = f"COLMAP model {model_dir}"
+    views = colmap.registered_views(colmap.read_reconstruction(model_dir), what)
+    if not views:
         raise UserInputError("colmap_no_images", f"{model_dir}: the COLMAP model has no registered images.",
                              "Re-run reconstruction; it registered nothing.")
-    images, intrinsics, c2w, names = [], [], [], []
-    what = f"COLMAP model {model_dir}"
-    for image in sorted(model.images.values(), key=lambda im: im.name):
-        if image.camera_id not in model.cameras:
-            raise UserInputError("colmap_model_corrupt", f"{what}: image {image.name} uses missing camera "
-                                 f"{image.camera_id}.", "Re-export the model from COLMAP.")
-        cam = model.cameras[image.camera_id]
-        img_path = image_dir / image.name
-        img = load_image(img_path, (int(cam.width), int(cam.height)), what)
-        intr = _fit_intrinsics(img, camera_to_intrinsics(cam, what), img_path, what)
-        one = _downscale(Capture([img], [intr], np.eye(4)[None], [image.name]), max_side)
+    images, intrinsics = [], []
+    for view in views:
+        img_path = image_dir / view.name
+        img = load_image(img_path, (view.intrinsics.width, view.intrinsics.height), what)
+        intr = _fit_intrinsics(img, view.intrinsics, img_path, what)
+        one = _downscale(Capture([img], [intr], np.eye(4)[None], [view.name]), max_side)
         images.append(one.images[0])
         intrinsics.append(one.intrinsics[0])
-        c2w.append(np.linalg.inv(image_world_to_camera(image)))
-        names.append(image.name)
-    return Capture(images, intrinsics, np.stack(c2w), names,
+    return Capture(images, intrinsics, np.stack([v.c2w for v in views]), [v.name for v in views],
                    frame=FrameInfo(description="COLMAP frame, arbitrary scale"))
-
-
-def capture_to_colmap_model(capture: Capture) -> ColmapModel:
-    """COLMAP model (cameras and images, no points) of a capture; equal intrinsics share a camera."""
-    cameras, cam_ids, images = {}, {}, {}
-    for i, (intr, name) in enumerate(zip(capture.intrinsics, capture.names, strict=True)):
-        if intr not in cam_ids:
-            cam_ids[intr] = len(cam_ids) + 1
-            cameras[cam_ids[intr]] = intrinsics_to_camera(intr)
-        qvec, tvec = world_to_camera_qt(capture.c2w[i])
-        images[i + 1] = ColmapImage(name, cam_ids[intr], qvec, tvec)
-    return ColmapModel(cameras=cameras, images=images)
 
 
 # --- any capture folder ------------------------------------------------------------------------------
@@ -413,7 +391,7 @@ def load_capture(path: str | Path, max_side: int | None = None) -> Capture:
         return read_transforms_json(p / "transforms.json", max_side)
     for sub in COLMAP_MODEL_DIRS:
         model_dir = (p / sub).resolve()
-        if model_format(model_dir) is None:
+        if colmap.model_format(model_dir) is None:
             continue
         image_dir = find_image_dir(model_dir, p.resolve())
         if image_dir is None:

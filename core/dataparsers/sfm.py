@@ -18,27 +18,18 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from core.atomic import atomic_write
 from core.dataparsers import colmap_adapter as colmap
-from core.dataparsers.colmap_model import (
-    ColmapImage,
-    ColmapModel,
-    camera_to_intrinsics,
-    image_world_to_camera,
-    intrinsics_to_camera,
-    world_to_camera_qt,
-    write_colmap_model,
-)
-from core.dataparsers.geo import Sim3, enu_origin, fit_sim3_robust, geodetic_to_enu
+from core.dataparsers.geo import enu_origin, fit_sim3_robust, geodetic_to_enu
 from core.dataparsers.ingest import IngestConfig, IngestResult, ingest
 from core.dataparsers.ingest.images import working_copy
 from core.dataparsers.ingest.types import REPORT_NAME as INGEST_REPORT
-from core.dataparsers.readers import capture_to_colmap_model, load_capture, read_transforms_json, write_transforms_json
+from core.dataparsers.readers import load_capture, read_transforms_json, write_transforms_json
 from core.errors import Cancelled, UserInputError
 from core.progress import ProgressEvent, ProgressFn, StopFn, never_stop, no_progress
 from core.scene.capture import Capture, FrameInfo
@@ -69,8 +60,7 @@ class SfmConfig:
         positions (standard deviation gps_sigma_m, east/north/up, metres): distances between cameras then
         agree with GPS even where the images alone leave some drift. The sigma is tight because a
         flight's GPS fixes are consistent with each other to centimetres-decimetres (their error is mostly
-        a common offset, which the ENU origin absorbs); on brighton_beach it moves the worst camera pair
-        from 5.5% to 2.4% of its GPS distance, with a mean reprojection error of 0.39 px.
+        a common offset, which the ENU origin absorbs).
     """
 
     matcher: str = "auto"
@@ -287,60 +277,29 @@ def _registration_error(report: dict, min_fraction: float) -> UserInputError | N
                     f"least {100 * min_fraction:.0f}% are needed).", report["likely_causes"], reasons)
 
 
-# --- model transforms ----------------------------------------------------------------------------
+# --- geo-registration ---------------------------------------------------------------------------
 
-def to_stored_resolution(model: ColmapModel, stored: Sizes, work: Sizes) -> ColmapModel:
-    """Cameras and 2D points rescaled from the working copies to the stored images.
-
-    Each camera is rescaled per axis to its images' stored size (pixel centres at +0.5 make this
-    exact); cameras become PINHOLE/OPENCV so that fx and fy may differ after the working size was
-    rounded to whole pixels.
-    """
-    first_image = {im.camera_id: im.name for im in model.images.values()}
-    cameras = {cid: intrinsics_to_camera(camera_to_intrinsics(cam).scaled(*stored[first_image[cid]]))
-               for cid, cam in model.cameras.items() if cid in first_image}
-    points2d = {}
-    for iid, (xys, ids) in model.points2d.items():
-        name = model.images[iid].name
-        (sw, sh), (ww, wh) = stored[name], work[name]
-        points2d[iid] = (xys * np.array([sw / ww, sh / wh]), ids)
-    return replace(model, cameras=cameras, points2d=points2d)
-
-
-def _camera_to_world(image: ColmapImage) -> np.ndarray:
-    """(4, 4) float64 camera-to-world of a COLMAP image (OpenCV axes)."""
-    return np.linalg.inv(image_world_to_camera(image))
-
-
-def transform_model(model: ColmapModel, sim: Sim3) -> ColmapModel:
-    """The model in a new world frame: x_new = sim(x_old) for points and camera centres."""
-    images = {}
-    for iid, im in model.images.items():
-        q, t = world_to_camera_qt(sim.apply_c2w(_camera_to_world(im)))
-        images[iid] = ColmapImage(im.name, im.camera_id, q, t)
-    return replace(model, images=images, xyz=sim.apply_points(model.xyz))
-
-
-def georegister(model: ColmapModel, gps: Gps | None) -> tuple[ColmapModel, FrameInfo, dict]:
+def georegister(rec: colmap.Reconstruction, gps: Gps | None
+                ) -> tuple[colmap.Reconstruction, FrameInfo, dict]:
     """Align the model to GPS (ENU metres) with a robust Sim3 fit of the camera centres.
 
-    Returns the (possibly transformed) model, its frame, and a report block with the GPS residuals
-    after alignment (metres) or the reason the frame stayed COLMAP's (arbitrary scale).
+    Returns the (possibly transformed copy of the) model, its frame, and a report block with the GPS
+    residuals after alignment (metres) or the reason the frame stayed COLMAP's (arbitrary scale).
     """
     arbitrary = FrameInfo("arbitrary", None, "COLMAP frame, arbitrary scale (no usable GPS)")
     if gps is None:
-        return model, arbitrary, {"used": False, "reason": "fewer than 3 geotagged images"}
+        return rec, arbitrary, {"used": False, "reason": "fewer than 3 geotagged images"}
     origin, enu = gps
-    centres = {im.name: _camera_to_world(im)[:3, 3] for im in model.images.values()}
+    centres = {v.name: v.c2w[:3, 3] for v in colmap.registered_views(rec)}
     names = [n for n in centres if n in enu]
     if len(names) < 3:
-        return model, arbitrary, {"used": False, "reason": "fewer than 3 registered geotagged images"}
+        return rec, arbitrary, {"used": False, "reason": "fewer than 3 registered geotagged images"}
     src = np.stack([centres[n] for n in names])
     dst = np.stack([enu[n] for n in names])
     spread = np.linalg.svd(dst - dst.mean(0), compute_uv=False)
     if spread[0] < 1.0 or spread[1] < 0.05 * spread[0]:
-        return model, arbitrary, {"used": False, "reason": "the GPS positions span under 1 m or lie on a "
-                                  "line, so they cannot fix the orientation"}
+        return rec, arbitrary, {"used": False, "reason": "the GPS positions span under 1 m or lie on a "
+                                "line, so they cannot fix the orientation"}
     sim, inliers = fit_sim3_robust(src, dst)
     res = np.linalg.norm(sim.apply_points(src) - dst, axis=1)
     frame = FrameInfo("metres", origin, "ENU metres (x east, y north, z up) about the GPS origin")
@@ -348,7 +307,7 @@ def georegister(model: ColmapModel, gps: Gps | None) -> tuple[ColmapModel, Frame
              "inliers": int(inliers.sum()), "residual_rms_m": float(np.sqrt(np.mean(res[inliers] ** 2))),
              "residual_median_m": float(np.median(res)), "residual_max_m": float(res.max()),
              "scale_colmap_to_metres": float(sim.scale)}
-    return transform_model(model, sim), frame, block
+    return colmap.transform_reconstruction(rec, sim), frame, block
 
 
 # --- outputs -------------------------------------------------------------------------------------
@@ -369,18 +328,18 @@ def _link_images(paths: list[Path], dest: Path) -> list[str]:
     return rel
 
 
-def _write_outputs(model: ColmapModel, frame: FrameInfo, image_paths: dict[str, Path], out_dir: Path,
+def _write_outputs(rec: colmap.Reconstruction, frame: FrameInfo, image_paths: dict[str, Path], out_dir: Path,
                    sequential: bool) -> Capture:
     """Write colmap/sparse/0, images/ and transforms.json; return the capture read back from them."""
-    write_colmap_model(model, out_dir / "colmap" / "sparse" / "0", binary=True)
-    ordered = sorted(model.images.values(), key=lambda im: im.name)
-    rel = _link_images([image_paths[im.name] for im in ordered], out_dir / "images")
-    intrinsics = [camera_to_intrinsics(model.cameras[im.camera_id]) for im in ordered]
-    c2w = np.stack([_camera_to_world(im) for im in ordered])
+    colmap.write_reconstruction(rec, out_dir / "colmap" / "sparse" / "0", binary=True)
+    views = colmap.registered_views(rec)
+    rel = _link_images([image_paths[v.name] for v in views], out_dir / "images")
+    intrinsics = [v.intrinsics for v in views]
+    c2w = np.stack([v.c2w for v in views])
     # The writer needs poses and sizes only: zero-memory placeholder images of the right shape.
     blank = np.zeros((1, 1, 3), np.uint8)
     placeholders = [np.broadcast_to(blank, (k.height, k.width, 3)) for k in intrinsics]
-    poses_only = Capture(placeholders, intrinsics, c2w, [im.name for im in ordered], frame=frame,
+    poses_only = Capture(placeholders, intrinsics, c2w, [v.name for v in views], frame=frame,
                          sequential=sequential)
     write_transforms_json(poses_only, out_dir / "transforms.json", rel)
     return read_transforms_json(out_dir / "transforms.json")
@@ -460,7 +419,7 @@ def _run_colmap(result: IngestResult, colmap_dir: Path, config: SfmConfig, match
 
 def _registration_report(result: IngestResult, run: _ColmapRun, matcher: str) -> dict:
     """Registration figures, the unregistered images with reasons, and the likely causes."""
-    registered = {im.name for im in run.mapped.model.images.values()} if run.mapped else set()
+    registered = {v.name for v in colmap.registered_views(run.mapped.reconstruction)} if run.mapped else set()
     sharpness = {k: p.sharpness for k, p in result.priors.items()}
     causes, reasons = diagnose(result.names, registered, run.stats, sharpness, matcher)
     kp = list(run.stats.keypoints.values())
@@ -492,8 +451,8 @@ def _known_poses(result: IngestResult, out_dir: Path, progress: ProgressFn) -> S
     capture = load_capture(result.known_poses)
     base = result.known_poses.parent
     paths = {n: base / "images" / n if (base / "images" / n).is_file() else base / n for n in capture.names}
-    model = capture_to_colmap_model(capture)
-    capture = _write_outputs(model, capture.frame, paths, out_dir, capture.sequential)
+    rec = colmap.capture_to_reconstruction(capture)
+    capture = _write_outputs(rec, capture.frame, paths, out_dir, capture.sequential)
     n = len(capture)
     report = {"status": "ok", "mode": "known_poses", "images": n, "registered": n, "registered_fraction": 1.0,
               "unregistered": [], "frame": capture.frame.to_dict(), "source": result.known_poses.name,
@@ -544,12 +503,12 @@ def estimate_poses(source: IngestResult | Path, out_dir: Path, config: SfmConfig
         _write_report(out_dir, report)
         raise error
     with timer.step("georegistration"):
-        model = to_stored_resolution(run.mapped.model, run.stored, run.work)
-        model, frame, report["geo_registration"] = georegister(model, gps)
+        rec = colmap.rescale_to_image_sizes(run.mapped.reconstruction, run.stored)
+        rec, frame, report["geo_registration"] = georegister(rec, gps)
         report["frame"] = frame.to_dict()
     with timer.step("outputs"):
         paths = {p.name: p for p in result.image_paths}
-        capture = _write_outputs(model, frame, paths, out_dir, result.sequential)
+        capture = _write_outputs(rec, frame, paths, out_dir, result.sequential)
     report.update(status="ok", timings_s=timer.finish())
     _write_report(out_dir, report)
     k, n = report["registered"], report["images"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from core.dataparsers.colmap_model import model_format
+from core.dataparsers.colmap_adapter import model_format
 from core.dataparsers.ingest.archive import safe_extract_zip
 from core.dataparsers.ingest.exif import CameraPrior
 from core.dataparsers.ingest.images import IMAGE_SUFFIXES, ImageRejected, file_digest, open_image, save_clean_copy

@@ -1,5 +1,5 @@
-"""core.dataparsers.readers and core.dataparsers.colmap_model: transforms.json and COLMAP models, real files, real
-pycolmap."""
+"""core.dataparsers.readers and the COLMAP model functions of core.dataparsers.colmap_adapter: transforms.json and
+COLMAP models, real files, real pycolmap."""
 
 from __future__ import annotations
 
@@ -13,18 +13,15 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from core.dataparsers.colmap_model import (
-    ColmapCamera,
-    ColmapImage,
-    ColmapModel,
+from core.dataparsers.colmap_adapter import (
     camera_to_intrinsics,
-    qvec_to_rotmat,
-    read_colmap_model,
-    rotmat_to_qvec,
-    write_colmap_model,
+    capture_to_reconstruction,
+    model_format,
+    read_reconstruction,
+    registered_views,
+    write_reconstruction,
 )
 from core.dataparsers.readers import (
-    capture_to_colmap_model,
     load_capture,
     read_colmap_capture,
     read_transforms_json,
@@ -233,118 +230,127 @@ def test_max_side_and_mismatched_sizes(tmp_path):
 
 # --- COLMAP models --------------------------------------------------------------------------------------------
 
-def test_quaternion_round_trip():
-    for rot in Rotation.random(200, random_state=3).as_matrix():
-        q = rotmat_to_qvec(rot)
-        assert q[0] >= 0 and np.allclose(qvec_to_rotmat(q), rot, atol=1e-12)
-    xyzw = Rotation.from_matrix(rot).as_quat()
-    assert np.allclose(np.abs(rotmat_to_qvec(rot)), np.abs(np.r_[xyzw[3], xyzw[:3]]))
-
-
-def _model_with_points() -> ColmapModel:
-    model = capture_to_colmap_model(_capture(n=3, per_frame=True))
+def _model_with_points() -> tuple[Capture, pycolmap.Reconstruction]:
+    """A capture's model plus 5 points seen by images 1 and 2 (image 3 has no 2D points)."""
+    cap = _capture(n=3, per_frame=True)
+    rec = capture_to_reconstruction(cap)
     rng = np.random.default_rng(4)
-    p = 5
-    tracks = [np.array([[1, i], [2, i]]) for i in range(p)]
-    model.point_ids, model.xyz = np.arange(1, p + 1), rng.normal(size=(p, 3))
-    model.rgb, model.error = rng.integers(0, 256, (p, 3)), rng.random(p)
-    model.track_length, model.tracks = np.full(p, 2), tracks
-    xys = rng.uniform(0, 16, (p, 2))
-    model.points2d = {1: (xys, np.arange(1, p + 1)), 2: (xys + 1, np.arange(1, p + 1)),
-                      3: (np.zeros((0, 2)), np.zeros(0, np.int64))}
-    return model
+    xys = rng.uniform(0, 16, (5, 2))
+    for image_id, offset in ((1, 0.0), (2, 1.0)):
+        rec.image(image_id).points2D = pycolmap.Point2DList([pycolmap.Point2D(xy + offset) for xy in xys])
+    for i in range(5):
+        track = pycolmap.Track()
+        track.add_element(1, i)
+        track.add_element(2, i)
+        pid = rec.add_point3D(rng.normal(size=3), track, rng.integers(0, 256, 3).astype(np.uint8))
+        rec.point3D(pid).error = float(rng.random())
+    return cap, rec
 
 
-def _assert_same_model(a: ColmapModel, b: ColmapModel) -> None:
-    assert a.cameras.keys() == b.cameras.keys() and a.images.keys() == b.images.keys()
-    for i, cam in a.cameras.items():
-        assert cam.model == b.cameras[i].model and (cam.width, cam.height) == (b.cameras[i].width, b.cameras[i].height)
-        assert np.allclose(cam.params, b.cameras[i].params, atol=0, rtol=1e-15)
-    for i, im in a.images.items():
-        assert (im.name, im.camera_id) == (b.images[i].name, b.images[i].camera_id)
-        assert np.array_equal(im.qvec, b.images[i].qvec) and np.array_equal(im.tvec, b.images[i].tvec)
-        assert np.array_equal(a.points2d[i][0], b.points2d[i][0]) and np.array_equal(a.points2d[i][1],
-                                                                                       b.points2d[i][1])
-    for field in ("point_ids", "xyz", "rgb", "error", "track_length"):
-        assert np.array_equal(getattr(a, field), getattr(b, field)), field
-    assert all(np.array_equal(x, y) for x, y in zip(a.tracks, b.tracks, strict=True))
+def _points(rec: pycolmap.Reconstruction) -> dict:
+    """{point id: (xyz, rgb, error, track as sorted (image id, point2D idx))}."""
+    return {pid: (p.xyz.tolist(), p.color.tolist(), p.error,
+                  sorted((e.image_id, e.point2D_idx) for e in p.track.elements)) for pid, p in rec.points3D.items()}
+
+
+def _points2d(rec: pycolmap.Reconstruction) -> dict:
+    """{image name: [(x, y, point3D id or -1)]}."""
+    return {im.name: [(*p.xy.tolist(), p.point3D_id if p.has_point3D() else -1) for p in im.points2D]
+            for im in rec.images.values()}
 
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_colmap_model_round_trip(tmp_path, binary):
-    model = _model_with_points()
-    write_colmap_model(model, tmp_path, binary=binary)
-    assert (tmp_path / ("images.bin" if binary else "images.txt")).is_file()
-    _assert_same_model(model, read_colmap_model(tmp_path))
+    """Cameras, poses, 2D and 3D points come back as written, in both formats."""
+    cap, rec = _model_with_points()
+    write_reconstruction(rec, tmp_path, binary=binary)
+    assert model_format(tmp_path) == ("bin" if binary else "txt")
+    back = read_reconstruction(tmp_path)
+    views = registered_views(back)
+    assert [v.name for v in views] == cap.names and [v.camera_id for v in views] == [1, 2, 3]
+    assert np.abs(np.stack([v.c2w for v in views]) - cap.c2w).max() < 1e-9
+    for v, k in zip(views, cap.intrinsics, strict=True):
+        assert np.allclose(v.intrinsics.params(), k.params(), atol=0, rtol=1e-15)
+        assert (v.intrinsics.width, v.intrinsics.height) == (k.width, k.height)
+        assert back.camera(v.camera_id).model.name == "OPENCV"
+    assert _points(back) == _points(rec) and len(_points(back)) == 5
+    assert _points2d(back) == _points2d(rec) and _points2d(back)[cap.names[2]] == []
 
 
-@pytest.mark.parametrize("binary", [True, False])
-def test_pycolmap_reads_what_we_write(tmp_path, binary):
-    cap = _capture(n=3, per_frame=True)
-    model = _model_with_points()
-    write_colmap_model(model, tmp_path, binary=binary)
-    rec = pycolmap.Reconstruction(str(tmp_path))
-    assert rec.num_reg_images() == 3 and rec.num_points3D() == 5
-    for image in rec.images.values():
-        i = cap.names.index(image.name)
-        w2c = np.eye(4)
-        w2c[:3] = image.cam_from_world().matrix()
-        assert np.abs(np.linalg.inv(w2c) - cap.c2w[i]).max() < 1e-9
-        cam = rec.cameras[image.camera_id]
-        assert cam.model.name == "OPENCV" and np.allclose(cam.params, cap.intrinsics[i].params())
-    assert rec.points3D[2].track.length() == 2
-
-
-@pytest.mark.parametrize("binary", [True, False])
-def test_we_read_what_pycolmap_writes(tmp_path, binary):
-    model = _model_with_points()
-    write_colmap_model(model, tmp_path / "ours", binary=True)
-    rec = pycolmap.Reconstruction(str(tmp_path / "ours"))
-    out = tmp_path / "theirs"
-    out.mkdir()
-    rec.write_binary(str(out)) if binary else rec.write_text(str(out))
-    back = read_colmap_model(out)
-    assert back.images.keys() == model.images.keys()
-    for i, im in model.images.items():
-        assert back.images[i].name == im.name
-        assert np.allclose(qvec_to_rotmat(back.images[i].qvec), qvec_to_rotmat(im.qvec), atol=1e-12)
-        assert np.allclose(back.images[i].tvec, im.tvec, atol=1e-12)
-    order = np.argsort(back.point_ids)
-    assert np.allclose(back.xyz[order], model.xyz) and np.array_equal(back.rgb[order], model.rgb)
-    assert np.array_equal(back.track_length, np.full(5, 2))
+def test_colmap_3x_models_without_rigs_and_frames_read(tmp_path):
+    """A model as COLMAP before 3.12 wrote it (cameras, images, points3D only) still reads; .bin is preferred."""
+    cap, rec = _model_with_points()
+    write_reconstruction(rec, tmp_path / "full", binary=True)
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("cameras.bin", "images.bin", "points3D.bin"):
+        shutil.copy(tmp_path / "full" / name, old / name)
+    assert model_format(old) == "bin"
+    back = read_reconstruction(old)
+    assert back.num_reg_images() == 3 and back.num_points3D() == 5
+    assert np.abs(np.stack([v.c2w for v in registered_views(back)]) - cap.c2w).max() < 1e-9
+    (old / "images.bin").unlink()
+    assert model_format(old) is None
+    write_reconstruction(rec, tmp_path / "txt", binary=False)
+    (tmp_path / "txt" / "points3D.txt").unlink()
+    assert model_format(tmp_path / "txt") is None
 
 
 def test_colmap_camera_models():
     p = np.array([100.0, 50.0, 40.0, 0.1])
-    assert camera_to_intrinsics(ColmapCamera("SIMPLE_RADIAL", 80, 100, p)) == Intrinsics(
-        100.0, 100.0, 50.0, 40.0, 80, 100, k1=0.1)
-    assert camera_to_intrinsics(ColmapCamera("SIMPLE_PINHOLE", 80, 100, p[:3])).fy == 100.0
-    radial = camera_to_intrinsics(ColmapCamera("RADIAL", 80, 100, np.r_[p, -0.2]))
+
+    def camera(model: str, params: np.ndarray) -> pycolmap.Camera:
+        return pycolmap.Camera(model=model, width=80, height=100, params=params)
+
+    assert camera_to_intrinsics(camera("SIMPLE_RADIAL", p)) == Intrinsics(100.0, 100.0, 50.0, 40.0, 80, 100, k1=0.1)
+    assert camera_to_intrinsics(camera("SIMPLE_PINHOLE", p[:3])).fy == 100.0
+    radial = camera_to_intrinsics(camera("RADIAL", np.r_[p, -0.2]))
     assert (radial.k1, radial.k2, radial.p1) == (0.1, -0.2, 0.0)
-    opencv = camera_to_intrinsics(ColmapCamera("OPENCV", 80, 100, np.arange(1.0, 9.0)))
+    opencv = camera_to_intrinsics(camera("OPENCV", np.arange(1.0, 9.0)))
     assert opencv.params().tolist() == list(np.arange(1.0, 9.0))
     with pytest.raises(UserInputError, match="FULL_OPENCV") as e:
-        camera_to_intrinsics(ColmapCamera("FULL_OPENCV", 80, 100, np.zeros(12)))
+        camera_to_intrinsics(camera("FULL_OPENCV", np.zeros(12)))
     assert "OPENCV" in e.value.hint and e.value.code == "unsupported_camera_model"
 
 
-def test_images_txt_with_no_points_and_empty_model(tmp_path):
-    model = ColmapModel(cameras={3: ColmapCamera("PINHOLE", 10, 8, np.array([9.0, 9.0, 5.0, 4.0]))},
-                        images={7: ColmapImage("a b.png", 3, np.array([1.0, 0, 0, 0]), np.zeros(3))})
-    write_colmap_model(model, tmp_path, binary=False)
-    back = read_colmap_model(tmp_path)
-    assert back.images[7].name == "a b.png" and len(back.points2d[7][1]) == 0 and len(back.xyz) == 0
+def test_image_names_with_spaces_and_empty_model(tmp_path):
+    """Binary models keep names with spaces; a text model may have no 2D or 3D points at all."""
+    k = Intrinsics(9.0, 9.0, 5.0, 4.0, 10, 8)
+    cap = Capture([np.zeros((8, 10, 3), np.uint8)], [k], np.eye(4)[None], ["a b.png"])
+    write_reconstruction(capture_to_reconstruction(cap), tmp_path / "bin", binary=True)
+    back = read_reconstruction(tmp_path / "bin")
+    assert [v.name for v in registered_views(back)] == ["a b.png"] and back.num_points3D() == 0
+    plain = Capture(cap.images, [k], cap.c2w, ["a.png"])
+    write_reconstruction(capture_to_reconstruction(plain), tmp_path / "txt", binary=False)
+    back = read_reconstruction(tmp_path / "txt")
+    (view,) = registered_views(back)
+    assert view.name == "a.png" and view.intrinsics == k and np.allclose(view.c2w, np.eye(4))
+    assert back.image(1).num_points2D() == 0 and back.num_points3D() == 0
 
 
 def test_corrupt_or_missing_model_is_a_user_error(tmp_path):
     with pytest.raises(UserInputError) as e:
-        read_colmap_model(tmp_path)
+        read_reconstruction(tmp_path)
     assert e.value.code == "colmap_model_missing"
-    write_colmap_model(_model_with_points(), tmp_path, binary=True)
-    data = (tmp_path / "images.bin").read_bytes()
-    (tmp_path / "images.bin").write_bytes(data[: len(data) // 2])
-    with pytest.raises(UserInputError, match="images|end of file") as e:
-        read_colmap_model(tmp_path)
+    write_reconstruction(_model_with_points()[1], tmp_path / "cut", binary=True)
+    data = (tmp_path / "cut" / "images.bin").read_bytes()
+    (tmp_path / "cut" / "images.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserInputError, match="unreadable") as e:
+        read_reconstruction(tmp_path / "cut")
+    assert e.value.code == "colmap_model_corrupt"
+
+
+def test_tampered_counts_fail_without_exhausting_memory(tmp_path):
+    """A points3D.bin claiming a 2^31-long track (16 GiB) is refused, not read into memory."""
+    write_reconstruction(_model_with_points()[1], tmp_path, binary=True)
+    data = bytearray((tmp_path / "points3D.bin").read_bytes())
+    # num_points u64, then point 1: id u64, xyz 3 x f64, rgb 3 x u8, error f64, track length u64.
+    offset = 8 + 8 + 24 + 3 + 8
+    assert int.from_bytes(data[offset:offset + 8], "little") == 2
+    data[offset:offset + 8] = (2**31).to_bytes(8, "little")
+    (tmp_path / "points3D.bin").write_bytes(bytes(data))
+    with pytest.raises(UserInputError) as e:
+        read_reconstruction(tmp_path)
     assert e.value.code == "colmap_model_corrupt"
 
 
@@ -356,7 +362,7 @@ def test_load_capture_finds_colmap_models(tmp_path, layout):
     write_capture(cap, tmp_path / "src")
     root = tmp_path / "cap"
     shutil.copytree(tmp_path / "src" / "images", root / "images")
-    write_colmap_model(capture_to_colmap_model(cap), root / layout, binary=layout != "sparse/0")
+    write_reconstruction(capture_to_reconstruction(cap), root / layout, binary=layout != "sparse/0")
     back = load_capture(root)
     _assert_same_capture(cap, back)
     assert back.frame.description.startswith("COLMAP")
@@ -365,10 +371,13 @@ def test_load_capture_finds_colmap_models(tmp_path, layout):
 
 
 def test_capture_to_colmap_shares_equal_cameras():
-    model = capture_to_colmap_model(_capture(n=4))
-    assert len(model.cameras) == 1 and model.cameras[1].model == "OPENCV" and len(model.images) == 4
-    model = capture_to_colmap_model(_capture(n=4, per_frame=True))
-    assert len(model.cameras) == 4
+    rec = capture_to_reconstruction(_capture(n=4))
+    assert rec.num_cameras() == 1 and rec.camera(1).model.name == "OPENCV" and rec.num_reg_images() == 4
+    rec = capture_to_reconstruction(_capture(n=4, per_frame=True))
+    assert rec.num_cameras() == 4
+    no_distortion = Intrinsics(30.0, 30.0, 12.0, 8.0, 24, 16)
+    cap = Capture([np.zeros((16, 24, 3), np.uint8)], [no_distortion], np.eye(4)[None], ["a.png"])
+    assert capture_to_reconstruction(cap).camera(1).model.name == "PINHOLE"
 
 
 def test_load_capture_says_what_it_looked_for(tmp_path):

@@ -12,21 +12,24 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pycolmap
 import pytest
 from PIL import Image
+from scipy.spatial.transform import Rotation
 
 from core.dataparsers import colmap_adapter
-from core.dataparsers.colmap_model import (
-    ColmapCamera,
-    ColmapImage,
-    ColmapModel,
+from core.dataparsers.colmap_adapter import (
     camera_to_intrinsics,
-    read_colmap_model,
+    capture_to_reconstruction,
+    read_reconstruction,
+    registered_views,
+    rescale_to_image_sizes,
+    transform_reconstruction,
 )
-from core.dataparsers.geo import compare_poses, geodetic_to_enu
+from core.dataparsers.geo import Sim3, compare_poses, geodetic_to_enu
 from core.dataparsers.ingest import IngestConfig, ingest
 from core.dataparsers.readers import load_capture, read_transforms_json, write_capture
-from core.dataparsers.sfm import SfmConfig, diagnose, estimate_poses, to_stored_resolution
+from core.dataparsers.sfm import SfmConfig, diagnose, estimate_poses, georegister
 from core.dataparsers.synthetic import (
     SyntheticConfig,
     orbit_poses,
@@ -102,10 +105,12 @@ def test_synthetic_outputs_report_and_progress(orbit, orbit_result):
     assert back.names == result.capture.names
     np.testing.assert_allclose(back.c2w, result.capture.c2w, atol=1e-9)
     assert back.images[0].shape == (256, 256, 4)
-    model = read_colmap_model(out / "colmap" / "sparse" / "0")
-    assert len(model.images) == 30 and len(model.point_ids) == report["points3d"]
-    cam = next(iter(model.cameras.values()))
-    assert (cam.width, cam.height) == (256, 256)
+    rec = read_reconstruction(out / "colmap" / "sparse" / "0")
+    assert rec.num_reg_images() == 30 and rec.num_points3D() == report["points3d"]
+    assert all((cam.width, cam.height) == (256, 256) for cam in rec.cameras.values())
+    views = registered_views(rec)
+    assert [v.name for v in views] == back.names
+    np.testing.assert_allclose(np.stack([v.c2w for v in views]), back.c2w, atol=1e-9)
     assert not (out / "colmap" / "database.db").exists()
     # Progress: features i/N, matching, registered k/N, in order, ending at 1.
     steps = [e.metrics.get("step") for e in events]
@@ -203,8 +208,9 @@ def test_known_poses_skip_sfm_and_write_the_same_outputs(orbit, tmp_path):
     result = estimate_poses(tmp_path / "upload", tmp_path / "out")
     assert result.report["mode"] == "known_poses" and result.report["registered"] == 4
     np.testing.assert_allclose(result.capture.c2w, orbit.c2w[:4], atol=1e-9)
-    model = read_colmap_model(tmp_path / "out" / "colmap" / "sparse" / "0")
-    assert sorted(im.name for im in model.images.values()) == orbit.names[:4]
+    views = registered_views(read_reconstruction(tmp_path / "out" / "colmap" / "sparse" / "0"))
+    assert [v.name for v in views] == orbit.names[:4]
+    np.testing.assert_allclose(np.stack([v.c2w for v in views]), orbit.c2w[:4], atol=1e-9)
     assert read_transforms_json(tmp_path / "out").names == orbit.names[:4]
 
 
@@ -225,16 +231,45 @@ def test_diagnose_names_each_cause():
 
 def test_working_copy_cameras_scale_to_the_stored_images():
     """A point observed in a 450x800 working copy lands on the same spot of the 1080x1920 original."""
-    cam = ColmapCamera("SIMPLE_RADIAL", 450, 800, np.array([576.5, 225.0, 400.0, 0.02]))
+    rec = pycolmap.Reconstruction()
+    cam = pycolmap.Camera(model="SIMPLE_RADIAL", width=450, height=800, params=[576.5, 225.0, 400.0, 0.02],
+                          camera_id=1)
+    rec.add_camera_with_trivial_rig(cam)
     pts_cam = np.array([[0.3, -0.5, 2.0], [-0.2, 0.7, 3.0]])
     xy_work = project_points(pts_cam, camera_to_intrinsics(cam))
-    image = ColmapImage("a.jpg", 1, np.array([1.0, 0, 0, 0]), np.zeros(3))
-    model = ColmapModel(cameras={1: cam}, images={1: image}, points2d={1: (xy_work, np.array([5, 6]))})
-    scaled = to_stored_resolution(model, {"a.jpg": (1080, 1920)}, {"a.jpg": (450, 800)})
-    intr = camera_to_intrinsics(scaled.cameras[1])
+    rec.add_image_with_trivial_frame(pycolmap.Image(name="a.jpg", keypoints=xy_work, camera_id=1, image_id=1),
+                                     pycolmap.Rigid3d())
+    scaled = rescale_to_image_sizes(rec, {"a.jpg": (1080, 1920)})
+    intr = camera_to_intrinsics(scaled.camera(1))
+    assert scaled.camera(1).model.name == "OPENCV" and rec.camera(1).width == 450  # a copy
     assert (intr.width, intr.height) == (1080, 1920) and intr.fx == pytest.approx(576.5 * 2.4)
-    np.testing.assert_allclose(scaled.points2d[1][0], project_points(pts_cam, intr), atol=1e-9)
-    np.testing.assert_allclose(scaled.points2d[1][0], xy_work * 2.4, atol=1e-9)
+    xy_stored = np.stack([p.xy for p in scaled.image(1).points2D])
+    np.testing.assert_allclose(xy_stored, project_points(pts_cam, intr), atol=1e-9)
+    np.testing.assert_allclose(xy_stored, xy_work * 2.4, atol=1e-9)
+
+
+def test_similarity_transform_moves_cameras_and_points(orbit):
+    """transform_reconstruction maps camera centres and points by the Sim3, rotations by its rotation; georegister
+    finds that Sim3 from GPS positions of the camera centres and returns the model in ENU metres."""
+    cap = orbit.subset(list(range(6)))
+    rec = capture_to_reconstruction(cap)
+    track = pycolmap.Track()
+    xyz = np.array([0.2, -0.1, 0.3])
+    pid = rec.add_point3D(xyz, track)
+    sim = Sim3(3.5, Rotation.from_euler("xyz", [20, -40, 75], degrees=True).as_matrix(), np.array([5.0, -2.0, 1.0]))
+    moved = transform_reconstruction(rec, sim)
+    np.testing.assert_allclose(np.stack([v.c2w for v in registered_views(moved)]), sim.apply_c2w(cap.c2w),
+                               atol=1e-9)
+    np.testing.assert_allclose(moved.point3D(pid).xyz, sim.apply_points(xyz), atol=1e-12)
+    np.testing.assert_allclose(np.stack([v.c2w for v in registered_views(rec)]), cap.c2w, atol=1e-9)  # a copy
+    enu = {n: sim.apply_points(cap.c2w[i, :3, 3]) for i, n in enumerate(cap.names)}
+    aligned, frame, block = georegister(rec, ((50.8, -0.1, 0.0), enu))
+    assert block["used"] and block["residual_max_m"] < 1e-6 and frame.units == "metres"
+    assert block["scale_colmap_to_metres"] == pytest.approx(3.5)
+    np.testing.assert_allclose(np.stack([v.c2w for v in registered_views(aligned)]), sim.apply_c2w(cap.c2w),
+                               atol=1e-6)
+    same, frame, block = georegister(rec, None)
+    assert same is rec and frame.units == "arbitrary" and not block["used"]
 
 
 def test_cli_poses_single_image_fails_clearly(tmp_path, capsys):
