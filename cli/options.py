@@ -16,7 +16,8 @@ from core.errors import UserInputError
 from core.jobspec import JobSpec, describe
 
 TRAIN_OPTIONS = ("max_image_size", "preset", "steps", "device", "model", "feature_dim", "upsample", "skip_kernel",
-                 "margin_loss", "composition", "scene_mode", "sampler", "pixel_sampling", "backend")
+                 "margin_loss", "composition", "scene_mode", "sampler", "pixel_sampling", "backend", "eval_views",
+                 "eval_max_side")
 POSES_OPTIONS = ("max_image_size", "matcher")
 EXPORT_OPTIONS = ("outputs", "mesh_method", "mesh_part", "mesh_resolution", "mesh_face_budget", "frames", "fps",
                   "view_max_side", "depth_max_side", "depth_views", "fusion_max_side", "device")
@@ -79,3 +80,26 @@ def spec_from_args(args: argparse.Namespace, names: Iterable[str], base: dict | 
     except ValidationError as e:
         raise UserInputError("invalid_options", f"options: {describe(e)}",
                              "See `nerfserve COMMAND --help` for the allowed values.") from None
+
+
+def options_markdown() -> str:
+    """The job options as a Markdown table (docs/api.md carries it; a test keeps the two equal)."""
+    from core.jobspec import STAGE_OF_OPTION
+
+    rows = ["| option | values | default | re-runs from |", "| --- | --- | --- | --- |"]
+    for name, field in JobSpec.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        if get_origin(field.annotation) is list:
+            values = "any of " + ", ".join(f"`{c}`" for c in _choices(get_args(field.annotation)[0]))
+        elif (choices := _choices(field.annotation)) is not None:
+            values = ", ".join(f"`{c}`" for c in choices)
+        elif name == "webhook_url":
+            values = "http(s) URL"
+        else:
+            lo = next(m.ge for m in field.metadata if hasattr(m, "ge"))
+            hi = next(m.le for m in field.metadata if hasattr(m, "le"))
+            values = f"integer {lo}..{hi}"
+        shown = "none" if default is None else "`" + (",".join(default) if isinstance(default, list) else
+                                                      str(default)) + "`"
+        rows.append(f"| `{name}` | {values}: {field.description} | {shown} | {STAGE_OF_OPTION[name] or '-'} |")
+    return "\n".join(rows)

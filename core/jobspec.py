@@ -13,7 +13,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StrictInt, Valida
 
 from core.errors import UserInputError
 from core.export.config import DEFAULT_MESH_METHOD, ExportConfig
-from core.models.config import TrainConfig
+from core.models.config import EVAL_MAX_SIDE_RANGE, EVAL_VIEWS_MAX, TrainConfig
 
 Stage = Literal["ingest", "poses", "train", "export"]
 OutputKind = Literal["depth", "mesh", "tsdf", "pointcloud", "views", "video"]
@@ -59,6 +59,10 @@ class JobSpec(BaseModel):
                           "service worker's own setting replaces auto")
     backend: Literal["auto", "torch", "triton", "tcnn"] = _opt(
         "auto", "train", "hash-grid backend: auto picks tcnn if installed, else triton on CUDA, else torch")
+    eval_views: StrictInt = _opt(4, "train", "held-out views evaluated after training; 0: every one", ge=0,
+                                 le=EVAL_VIEWS_MAX)
+    eval_max_side: StrictInt = _opt(400, "train", "long side of the evaluation renders in pixels; 0: full size",
+                                    ge=0, le=EVAL_MAX_SIDE_RANGE[1])
     # export
     outputs: list[OutputKind] = _opt(["depth", "mesh", "views"], "export", "what to export",
                                      min_length=1, max_length=6)
@@ -96,6 +100,8 @@ class JobSpec(BaseModel):
     def _consistent(self) -> JobSpec:
         if self.mesh_part == "foreground" and self.composition != "on":
             raise ValueError("mesh_part 'foreground' needs composition 'on' (a foreground field to mesh)")
+        if 0 < self.eval_max_side < EVAL_MAX_SIDE_RANGE[0]:
+            raise ValueError(f"eval_max_side: 0 (full size) or {EVAL_MAX_SIDE_RANGE[0]} to {EVAL_MAX_SIDE_RANGE[1]}")
         if len(set(self.outputs)) != len(self.outputs):
             raise ValueError("outputs: each kind once")
         return self
@@ -121,7 +127,12 @@ class JobSpec(BaseModel):
 
 def describe(e: ValidationError, most: int = 5) -> str:
     """A one-line summary of a validation error: `name: message; ...`."""
-    return "; ".join(f"{'.'.join(str(x) for x in d['loc']) or 'options'}: {d['msg']}" for d in e.errors()[:most])
+    def one(d: dict) -> str:
+        where = ".".join(str(x) for x in d["loc"]) or "options"
+        got = f" (got {d['input']!r})" if d.get("type") != "missing" and not isinstance(d.get("input"), dict) else ""
+        return f"{where}: {d['msg']}{got}"
+
+    return "; ".join(one(d) for d in e.errors()[:most])
 
 
 def option_stage(name: str) -> Stage | None:
@@ -138,7 +149,8 @@ def train_config(spec: JobSpec) -> TrainConfig:
                   "upsample": spec.upsample, "composition": spec.composition == "on",
                   "margin_loss": spec.margin_loss == "on",
                   "skip_kernel": spec.skip_kernel, "scene_mode": spec.scene_mode, "sampler": spec.sampler,
-                  "pixel_sampling": spec.pixel_sampling, "backend": spec.backend, "max_side": spec.max_image_size}
+                  "pixel_sampling": spec.pixel_sampling, "backend": spec.backend, "max_side": spec.max_image_size,
+                  "eval_views": spec.eval_views, "eval_max_side": spec.eval_max_side}
     if spec.steps:
         # A short run still checkpoints about ten times, so a crashed worker loses little.
         base = TrainConfig.preset(spec.preset)

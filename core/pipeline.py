@@ -155,9 +155,11 @@ def invalidate_from(dirs: JobDirs, stage: str) -> None:
 
 
 def first_stage_for_changes(old: dict, new: dict) -> str | None:
-    """The earliest stage whose options differ between two stored specs (JobSpec.to_store), or None."""
-    changed = [STAGE_OF_OPTION[k] for k in STAGE_OF_OPTION
-               if STAGE_OF_OPTION[k] is not None and k in new and old.get(k) != new.get(k)]
+    """The earliest stage whose options differ between two stored specs (JobSpec.to_store), or None. An option
+    missing from a spec stored by an older version counts as its default."""
+    defaults = JobSpec().to_store()
+    changed = [stage for k, stage in STAGE_OF_OPTION.items()
+               if stage is not None and k in new and old.get(k, defaults[k]) != new[k]]
     return min(changed, key=STAGES.index) if changed else None
 
 

@@ -135,7 +135,7 @@ class Database:
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def upgrade(self, attempts: int = 3) -> None:
+    def upgrade(self, attempts: int = 10) -> None:
         """`alembic upgrade head`, adopting a database made by create_all. Safe to run at every start, by several
         processes at once: the migration runs under a write lock, and a database error is retried (re-checked)."""
         engine = self.engine if _is_memory_sqlite(self.url) else _migration_engine(self.url)
@@ -149,7 +149,7 @@ class Database:
                     if attempt == attempts:
                         raise
                     log.warning("schema upgrade failed (%s); retrying", e.orig)
-                    time.sleep(0.2 * attempt)
+                    time.sleep(min(2.0, 0.2 * attempt))   # e.g. SQLite's WAL switch under a concurrent start
         finally:
             if engine is not self.engine:
                 engine.dispose()

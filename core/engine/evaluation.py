@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from core.functional.cameras import Intrinsics
 from core.functional.metrics import psnr, ssim
 from core.functional.projection import backproject_depth, project_to_pixels
+from core.progress import ProgressEvent, ProgressFn, no_progress
 from core.scene.capture import Capture
 from core.scene.trained import TrainedScene
 
@@ -32,21 +33,74 @@ def composite_image(img: np.ndarray, background=(1.0, 1.0, 1.0)) -> np.ndarray:
     return x
 
 
-def evaluate(scene: TrainedScene, capture: Capture, indices: list[int], max_views: int = 0) -> dict:
-    """Held-out PSNR/SSIM of `indices`, rendered on white and compared with the images on white."""
-    if max_views:
-        indices = indices[:max_views]
-    ps, ss = [], []
-    for i in indices:
-        out = scene.render(capture.c2w[i], capture.intrinsics[i], chunk=scene.config.eval_chunk)
-        gt = composite_image(capture.images[i])
+SSIM_MIN_SIDE = 16          # evaluation renders keep at least this short side (SSIM's window is 11 px)
+
+
+def eval_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) in px to evaluate an image of width x height at: scaled (never up) so that its longest
+    side is at most max_side, rounded as core.scene.capture.Capture.resized does; 0 = unchanged. The short side is
+    kept at SSIM_MIN_SIDE or more (the image's own where smaller), which only a panorama's would fall below."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height
+    s = max(max_side / max(width, height), min(1.0, SSIM_MIN_SIDE / min(width, height)))
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
+def pick_views(indices: list[int], max_views: int) -> list[int]:
+    """Up to max_views entries of indices, spread evenly over them (the first always); all when max_views
+    is 0 or at least len(indices)."""
+    n = len(indices)
+    if not max_views or max_views >= n:
+        return list(indices)
+    return [indices[k * n // max_views] for k in range(max_views)]
+
+
+def area_resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(H, W, C) float32 -> (height, width, C) float32, each output pixel the mean of the input area it covers
+    (torch's "area" interpolation: exact box averages when the factors are integers)."""
+    if img.shape[:2] == (height, width):
+        return img
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
+    return F.interpolate(t, size=(height, width), mode="area")[0].permute(1, 2, 0).numpy()
+
+
+def evaluate(scene: TrainedScene, capture: Capture, indices: list[int], max_views: int = 0, max_side: int = 0,
+             progress: ProgressFn = no_progress) -> dict:
+    """Held-out PSNR/SSIM of views of `capture`, rendered on white and compared with the images on white.
+
+    indices: the held-out views (into capture); up to max_views of them (0: all), spread over them
+    (`pick_views`). max_side: render each at `eval_size(W, H, max_side)` (intrinsics scaled; 0: the capture's
+    size), against its ground truth composited on white, then area-averaged to that size. progress: one
+    ProgressEvent("training", 1.0, ...) as each view starts, metrics {eval_view: k (1-based), eval_views: n,
+    eval_width, eval_height, and eta_s from the second view on}.
+    Returns {} without views; else {"psnr_holdout", "ssim_holdout" (means), "psnr_per_view", "holdout_views"
+    (evaluated), "holdout_views_total" (held out), "holdout_size" ("WxH" of the renders, comma-separated if the
+    views differ)}.
+    """
+    chosen = pick_views(indices, max_views)
+    ps, ss, sizes = [], [], []
+    t0 = time.perf_counter()
+    for k, i in enumerate(chosen):
+        h, w = capture.images[i].shape[:2]
+        ew, eh = eval_size(w, h, max_side)
+        metrics = {"eval_view": k + 1, "eval_views": len(chosen), "eval_width": ew, "eval_height": eh}
+        if k:
+            metrics["eta_s"] = (time.perf_counter() - t0) / k * (len(chosen) - k)
+        progress(ProgressEvent("training", 1.0, f"evaluating held-out view {k + 1}/{len(chosen)} at {ew}x{eh}",
+                               metrics))
+        intrinsics = capture.intrinsics[i]
+        if (intrinsics.width, intrinsics.height) != (ew, eh):
+            intrinsics = intrinsics.scaled(ew, eh)
+        out = scene.render(capture.c2w[i], intrinsics, chunk=scene.config.eval_chunk)
+        gt = area_resize(composite_image(capture.images[i]), ew, eh)
         ps.append(psnr(out.rgb, gt))
         ss.append(ssim(out.rgb, gt))
+        sizes.append(f"{ew}x{eh}")
     if not ps:
         return {}
     return {"psnr_holdout": float(np.mean(ps)), "ssim_holdout": float(np.mean(ss)),
-            "psnr_per_view": [float(p) for p in ps], "holdout_views": len(ps)}
-
+            "psnr_per_view": [float(p) for p in ps], "holdout_views": len(ps), "holdout_views_total": len(indices),
+            "holdout_size": ",".join(dict.fromkeys(sizes))}
 
 
 def warp_error(rgb_src: np.ndarray, depth_src: np.ndarray, c2w_src: np.ndarray, rgb_dst: np.ndarray,

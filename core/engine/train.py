@@ -39,6 +39,7 @@ from core.scene.trained import TrainedScene
 
 PLANE_AT = 0.3                # with composition: fit the support plane after this fraction of the steps
 PLANE_VIEWS = 6               # training views rendered to find it
+CURVE_VIEWS = 2               # held-out views of each holdout-curve point (fewer if config.eval_views is)
 
 
 def ray_training(model: RadianceModel, data: TrainingData, config: TrainConfig):
@@ -70,9 +71,12 @@ def train(capture: Capture, config: TrainConfig, progress: ProgressFn = no_progr
 
     Resumes from the newest checkpoint in `checkpoint_dir` (when resume) and writes one every
     `config.checkpoint_every` steps. Raises core.errors.Cancelled when should_stop() turns True
-    (checked between steps), after saving a checkpoint. With curve_every > 0, the held-out PSNR
-    (on up to `config.eval_max_views` views, or 2) is measured every that many steps and stored as
-    metrics["holdout_curve"] = [{step, seconds, psnr}], seconds of training excluding the evaluations.
+    (checked between steps), after saving a checkpoint. With evaluate_holdout, the scene's metrics get the
+    held-out PSNR/SSIM of up to `config.eval_views` views at `config.eval_max_side` (core.evaluation.evaluate:
+    psnr_holdout, ssim_holdout, holdout_views, holdout_size, ...), one progress event a view. With
+    curve_every > 0, the held-out PSNR (on CURVE_VIEWS views, or eval_views if fewer, at eval_max_side) is
+    measured every that many steps and stored as metrics["holdout_curve"] = [{step, seconds, psnr}], seconds
+    of training excluding the evaluations.
     With config.composition: foreground_box is (min (3,), max (3,)) in the input frame (default: the
     region the cameras look at); support_plane cuts off the foreground the dominant plane in it that the
     cameras see from one side (ground, table top, wall).
@@ -106,7 +110,8 @@ def train(capture: Capture, config: TrainConfig, progress: ProgressFn = no_progr
             if plane is not None:
                 model.field.set_region(model.field.box_min, model.field.box_max, plane.tolist())
         if curve_every and data.test_indices and (done % curve_every == 0 or done == config.steps):
-            p = evaluate(scene, data.capture, data.test_indices, config.eval_max_views or 2)["psnr_holdout"]
+            views = min(config.eval_views or CURVE_VIEWS, CURVE_VIEWS)
+            p = evaluate(scene, data.capture, data.test_indices, views, config.eval_max_side)["psnr_holdout"]
             curve.append({"step": done, "seconds": round(seconds, 3), "psnr": round(p, 3)})
 
     stats = optimise(model, opt, stream, step, config, data.device, progress, should_stop, checkpoint_dir, resume,
@@ -118,6 +123,6 @@ def train(capture: Capture, config: TrainConfig, progress: ProgressFn = no_progr
     if composed:
         scene.metrics["foreground_region"] = foreground_region_world(model.field, data.normalization)
     if evaluate_holdout and data.test_indices:
-        progress(ProgressEvent("training", 1.0, "evaluating held-out views"))
-        scene.metrics.update(evaluate(scene, data.capture, data.test_indices, config.eval_max_views))
+        scene.metrics.update(evaluate(scene, data.capture, data.test_indices, config.eval_views,
+                                      config.eval_max_side, progress))
     return scene

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, get_args, get_origin, get_type_hints
 
+# Ranges of the evaluation options (the API and the CLI refuse values outside them too).
+EVAL_VIEWS_MAX = 50
+EVAL_MAX_SIDE_RANGE = (32, 8192)          # or 0: full size
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -57,9 +61,16 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     eval_chunk: int = 16384
-    eval_max_views: int = 0           # 0 = every held-out view
+    eval_views: int = 4               # held-out views evaluated after training, spread over them; 0 = every one
+    eval_max_side: int = 400          # longest side in px of the evaluation renders (ground truth area-averaged
+                                      # to their size; never upscaled); 0 = the training images' size
 
     def __post_init__(self) -> None:
+        if not 0 <= self.eval_views <= EVAL_VIEWS_MAX:
+            raise ValueError(f"eval_views must be 0 (every held-out view) to {EVAL_VIEWS_MAX}, got {self.eval_views}")
+        if self.eval_max_side != 0 and not EVAL_MAX_SIDE_RANGE[0] <= self.eval_max_side <= EVAL_MAX_SIDE_RANGE[1]:
+            raise ValueError(f"eval_max_side must be 0 (full size) or {EVAL_MAX_SIDE_RANGE[0]} to "
+                             f"{EVAL_MAX_SIDE_RANGE[1]} pixels, got {self.eval_max_side}")
         for name, kind in get_type_hints(TrainConfig).items():
             if get_origin(kind) is Literal and getattr(self, name) not in get_args(kind):
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {', '.join(map(str, get_args(kind)))}")
@@ -82,6 +93,12 @@ class TrainConfig:
 
     @staticmethod
     def from_dict(d: dict) -> TrainConfig:
+        """From `to_dict()` output, also of an older version (saved scenes): renamed options are read under
+        their new names. Raises ValueError for unknown options or values out of range."""
+        d = dict(d)
+        if "eval_max_views" in d:                     # renamed eval_views (0 = every view, both)
+            old = d.pop("eval_max_views")
+            d.setdefault("eval_views", min(int(old), EVAL_VIEWS_MAX))
         names = {f.name for f in fields(TrainConfig)}
         unknown = set(d) - names
         if unknown:

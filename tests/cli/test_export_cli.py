@@ -15,7 +15,7 @@ from core.models.config import TrainConfig
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     syn = render_synthetic(SyntheticConfig(views=6, size=24, supersample=1))
-    config = TrainConfig.preset("fast", steps=2, batch_rays=256, march_steps=64, device="cpu", eval_max_views=1)
+    config = TrainConfig.preset("fast", steps=2, batch_rays=256, march_steps=64, device="cpu", eval_views=1)
     scene = train(syn.capture, config)
     run = tmp_path_factory.mktemp("run")
     scene.save(run / "scene")

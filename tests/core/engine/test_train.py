@@ -237,7 +237,7 @@ def test_cuda_training_checkpoints_and_resumes(tiny_synth, tmp_path):
     from core.loop import checkpoint_step
 
     cfg = TrainConfig.preset("fast", **{**TINY, "device": "cuda", "steps": 40, "checkpoint_every": 20,
-                                        "pixel_sampling": "selective"})
+                                        "pixel_sampling": "selective", "eval_views": 1, "eval_max_side": 32})
     with pytest.raises(Cancelled):
         train(tiny_synth.capture, cfg, should_stop=_cancel_at(25), checkpoint_dir=tmp_path)
     ckpt = latest_checkpoint(tmp_path)
@@ -248,7 +248,7 @@ def test_cuda_training_checkpoints_and_resumes(tiny_synth, tmp_path):
     resumed = train(tiny_synth.capture, cfg, checkpoint_dir=tmp_path)
     assert resumed.metrics["resumed_from"] == 25 and resumed.metrics["device"].startswith("cuda")
     assert checkpoint_step(latest_checkpoint(tmp_path)) == 40
-    assert np.isfinite(resumed.metrics["psnr_holdout"])
+    assert np.isfinite(resumed.metrics["psnr_holdout"]) and resumed.metrics["holdout_size"] == "32x32"
 
 
 def test_hierarchical_sampler_and_selective_sampling_train(tiny_synth):
@@ -256,6 +256,16 @@ def test_hierarchical_sampler_and_selective_sampling_train(tiny_synth):
                                         "n_coarse": 24, "n_fine": 16, "pixel_sampling": "selective"})
     scene = train(tiny_synth.capture, cfg)
     assert scene.metrics["psnr_holdout"] > _untrained_psnr(tiny_synth) + 2
+
+
+def test_training_evaluates_eval_views_at_eval_max_side_with_progress(tiny_synth):
+    events = []
+    cfg = TrainConfig.preset("fast", **{**TINY, "steps": 0, "march_steps": 16, "eval_views": 2, "eval_max_side": 32})
+    m = train(tiny_synth.capture, cfg, progress=events.append).metrics
+    assert (m["holdout_views"], m["holdout_views_total"], m["holdout_size"]) == (2, 3, "32x32")
+    assert len(m["psnr_per_view"]) == 2 and np.isfinite(m["psnr_holdout"])
+    evals = [e.metrics for e in events if "eval_view" in e.metrics]
+    assert [(e["eval_view"], e["eval_views"], e["eval_width"]) for e in evals] == [(1, 2, 32), (2, 2, 32)]
 
 
 def test_too_few_images_is_a_user_error(tiny_synth):
@@ -316,7 +326,7 @@ def test_fox_training_beats_the_untrained_field(fox_dir):
 
     cap = load_capture(fox_dir, max_side=240)                      # 1/8 of 1920
     cfg = TrainConfig.preset("fast", steps=400, device="cpu")
-    base = train(cap, TrainConfig.preset("fast", steps=0, device="cpu", eval_max_views=2)).metrics["psnr_holdout"]
+    base = train(cap, TrainConfig.preset("fast", steps=0, device="cpu", eval_views=2)).metrics["psnr_holdout"]
     scene = train(cap, cfg)
     assert scene.metrics["scene_mode"] == "unbounded"
     assert scene.metrics["psnr_holdout"] > base + 5
