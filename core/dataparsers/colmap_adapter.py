@@ -22,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import pycolmap
 
+from core.dataparsers.colmap_layout import MODEL_FILES, model_format  # noqa: F401  (re-exported)
 from core.dataparsers.geo import Sim3
 from core.errors import Cancelled, UserInputError
 from core.functional.cameras import Intrinsics
@@ -30,7 +31,6 @@ from core.scene.capture import Capture
 
 # The COLMAP camera models we can represent as `Intrinsics` (and let SfM use).
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
-MODEL_FILES = ("cameras", "images", "points3D")
 # A COLMAP model in memory; other modules name the type through this module.
 Reconstruction = pycolmap.Reconstruction
 
@@ -285,16 +285,6 @@ class RegisteredView(NamedTuple):
     camera_id: int
     intrinsics: Intrinsics
     c2w: np.ndarray
-
-
-def model_format(model_dir: str | Path) -> str | None:
-    """"bin" or "txt" if `model_dir` holds a complete model in that format (bin preferred, as COLMAP reads it),
-    else None. Only cameras, images and points3D are required; rigs and frames are optional."""
-    d = Path(model_dir)
-    for ext in ("bin", "txt"):
-        if all((d / f"{n}.{ext}").is_file() for n in MODEL_FILES):
-            return ext
-    return None
 
 
 # Reading a model in a child process first: pycolmap trusts the counts in a .bin file, so a truncated or

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.dataparsers import colmap_adapter as colmap
+from core.dataparsers.colmap_layout import model_format
 from core.errors import UserInputError
 from core.functional.cameras import Intrinsics
 from core.scene.capture import Capture, FrameInfo
@@ -346,6 +346,9 @@ def read_colmap_capture(model_dir: str | Path, image_dir: str | Path, max_side: 
     """
     model_dir, image_dir = Path(model_dir), Path(image_dir)
     what = f"COLMAP model {model_dir}"
+    # pycolmap is imported only to read a COLMAP model: GPU workers that read transforms.json run without it.
+    from core.dataparsers import colmap_adapter as colmap
+
     views = colmap.registered_views(colmap.read_reconstruction(model_dir), what)
     if not views:
         raise UserInputError("colmap_no_images", f"{model_dir}: the COLMAP model has no registered images.",
@@ -391,7 +394,7 @@ def load_capture(path: str | Path, max_side: int | None = None) -> Capture:
         return read_transforms_json(p / "transforms.json", max_side)
     for sub in COLMAP_MODEL_DIRS:
         model_dir = (p / sub).resolve()
-        if colmap.model_format(model_dir) is None:
+        if model_format(model_dir) is None:
             continue
         image_dir = find_image_dir(model_dir, p.resolve())
         if image_dir is None:

@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 from core.atomic import atomic_write
@@ -24,6 +23,8 @@ def encode_mp4(path: Path, frames: Iterable[np.ndarray], fps: int = 24, crf: int
 
     Returns the number of frames written.
     """
+    import av  # PyAV only where a video is written: GPU workers without it train and export everything else
+
     n = 0
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = None
