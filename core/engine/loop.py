@@ -185,15 +185,21 @@ class _State:
 @dataclass
 class StepOutput:
     """What one training step computed: the scalar `loss` to minimise, the image `mse` behind the
-    reported PSNR, and how many rays and samples it rendered."""
+    reported PSNR (a detached 0-dim tensor: read on the host only when progress is reported, so a step
+    does not wait for the device), and how many rays and samples it rendered."""
 
     loss: torch.Tensor
-    mse: float
+    mse: torch.Tensor
     rays: int
     samples: int
 
 
 StepFn = Callable[[object], StepOutput]          # (the stream's next batch) -> StepOutput
+
+
+def _host_values(loss: torch.Tensor, mse: torch.Tensor) -> tuple[float, float]:
+    """(loss, PSNR in dB) of a step on the host (one device sync)."""
+    return float(loss), -10 * math.log10(max(float(mse), 1e-10))
 
 
 def optimise(model, opt: torch.optim.Optimizer, stream, step_fn: StepFn, config: TrainConfig, device: torch.device,
@@ -217,6 +223,7 @@ def optimise(model, opt: torch.optim.Optimizer, stream, step_fn: StepFn, config:
     plateau = isinstance(state.sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
     t0, last_report, rays_done, samples_done = time.time(), 0.0, 0, 0
     loss_value = psnr_value = float("nan")
+    loss_t = mse_t = None
     try:
         for step in range(start, config.steps):
             if should_stop():
@@ -236,11 +243,10 @@ def optimise(model, opt: torch.optim.Optimizer, stream, step_fn: StepFn, config:
             else:
                 out.loss.backward()
                 opt.step()
-            loss_value = float(out.loss.detach())
-            state.sched.step(loss_value) if plateau else state.sched.step()
+            loss_t, mse_t = out.loss.detach(), out.mse
+            state.sched.step(float(loss_t)) if plateau else state.sched.step()
             rays_done += out.rays
             samples_done += out.samples
-            psnr_value = -10 * math.log10(max(out.mse, 1e-10))
             done = step + 1
             if checkpoint_dir is not None and (done % config.checkpoint_every == 0 or done == config.steps):
                 state.save(checkpoint_dir, done, config.keep_checkpoints)
@@ -251,6 +257,7 @@ def optimise(model, opt: torch.optim.Optimizer, stream, step_fn: StepFn, config:
             now = time.time()
             if now - last_report >= REPORT_EVERY_S or done == config.steps:
                 last_report = now
+                loss_value, psnr_value = _host_values(loss_t, mse_t)
                 elapsed = max(now - t0, 1e-9)
                 rate = (done - start) / elapsed
                 progress(ProgressEvent("training", done / config.steps, f"step {done}/{config.steps}", {
@@ -259,6 +266,8 @@ def optimise(model, opt: torch.optim.Optimizer, stream, step_fn: StepFn, config:
                     "eta_s": (config.steps - done) / max(rate, 1e-9)}))
     finally:
         stream.close()
+    if loss_t is not None:
+        loss_value, psnr_value = _host_values(loss_t, mse_t)
     seconds = time.time() - t0
     return {"resumed_from": start, "train_seconds": seconds, "rays_per_s": rays_done / max(seconds, 1e-9),
             "samples_per_s": samples_done / max(seconds, 1e-9), "final_train_loss": loss_value,

@@ -58,7 +58,7 @@ def ray_training(model: RadianceModel, data: TrainingData, config: TrainConfig):
             stream.update_errors(batch, per_ray.detach())
         mse = per_ray.mean()
         loss = mse + foreground_sparsity(out, config.foreground_sparsity_weight)
-        return StepOutput(loss, float(mse.detach()), len(rays), out.n_samples)
+        return StepOutput(loss, mse.detach(), len(rays), out.n_samples)
 
     return stream, step
 
@@ -72,7 +72,7 @@ def train(capture: Capture, config: TrainConfig, progress: ProgressFn = no_progr
     Resumes from the newest checkpoint in `checkpoint_dir` (when resume) and writes one every
     `config.checkpoint_every` steps. Raises core.errors.Cancelled when should_stop() turns True
     (checked between steps), after saving a checkpoint. With evaluate_holdout, the scene's metrics get the
-    held-out PSNR/SSIM of up to `config.eval_views` views at `config.eval_max_side` (core.evaluation.evaluate:
+    held-out PSNR/SSIM of up to `config.eval_views` views at `config.eval_max_side` (core.engine.evaluation.evaluate:
     psnr_holdout, ssim_holdout, holdout_views, holdout_size, ...), one progress event a view. With
     curve_every > 0, the held-out PSNR (on CURVE_VIEWS views, or eval_views if fewer, at eval_max_side) is
     measured every that many steps and stored as metrics["holdout_curve"] = [{step, seconds, psnr}], seconds

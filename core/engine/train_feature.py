@@ -114,6 +114,6 @@ def patch_training(model: FeatureFieldModel, data: TrainingData, config: TrainCo
         loss = image_loss(pred, target) + LOW_RES_WEIGHT * image_loss(
             over_background(rendered.low_res[:, :, low, low].float(), bg), target_low)
         loss = loss + foreground_sparsity(out, config.foreground_sparsity_weight)
-        return StepOutput(loss, float(F.mse_loss(pred.detach(), target)), out.opacity.shape[0], out.n_samples)
+        return StepOutput(loss, F.mse_loss(pred.detach(), target), out.opacity.shape[0], out.n_samples)
 
     return stream, step, {"patch_size": size, "patches_per_batch": count}

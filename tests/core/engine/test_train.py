@@ -138,7 +138,7 @@ class _OffHost(torch.Tensor):
 
 
 class _Toy(torch.nn.Module):
-    """A linear layer with the hooks core.loop.optimise calls (train(), update_grid(step))."""
+    """A linear layer with the hooks core.engine.loop.optimise calls (train(), update_grid(step))."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -154,8 +154,8 @@ class _Toy(torch.nn.Module):
 def _toy_training(device: str, checkpoint_dir: Path, should_stop=lambda: False) -> tuple[torch.nn.Module, list]:
     """6 steps of a toy model on a selective ray stream, checkpoints every 3; records each step's batch and
     its draws from the CPU generator and from the device's."""
-    from core.data import PixelStore, RayBatchStream
-    from core.loop import StepOutput, optimise
+    from core.engine.data import PixelStore, RayBatchStream
+    from core.engine.loop import StepOutput, optimise
 
     rng = np.random.default_rng(0)
     store = PixelStore.from_images([rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(2)],
@@ -194,7 +194,7 @@ def test_resume_restores_rngs_whatever_device_the_checkpoint_loads_onto(device, 
     """Resumed at step 3, the run draws the batches and random numbers of an uninterrupted one. On the CPU,
     torch.load is made to return the RNG states off the host, as reading the checkpoint onto a CUDA device
     does (there torch.set_rng_state raised "RNG state must be a torch.ByteTensor")."""
-    import core.loop
+    import core.engine.loop
 
     full, expected = _toy_training(device, tmp_path / "full")
     with pytest.raises(Cancelled):
@@ -209,7 +209,7 @@ def test_resume_restores_rngs_whatever_device_the_checkpoint_loads_onto(device, 
             loads.append(state)
             return {**state, "rng_cpu": _OffHost(state["rng_cpu"])}
 
-        monkeypatch.setattr(core.loop.torch, "load", load_off_host)
+        monkeypatch.setattr(core.engine.loop.torch, "load", load_off_host)
     resumed, got = _toy_training(device, tmp_path / "cut")
     assert len(loads) == (1 if device == "cpu" else 0)
     assert len(got) == 3
@@ -220,7 +220,7 @@ def test_resume_restores_rngs_whatever_device_the_checkpoint_loads_onto(device, 
 
 
 def test_restore_rng_takes_any_device_and_skips_a_cuda_state_off_cuda():
-    from core.loop import restore_rng, rng_states
+    from core.engine.loop import restore_rng, rng_states
 
     state = rng_states(torch.device("cpu"))
     assert state["rng_cuda"] is None and state["rng_cpu"].dtype == torch.uint8
@@ -234,7 +234,7 @@ def test_restore_rng_takes_any_device_and_skips_a_cuda_state_off_cuda():
 @pytest.mark.gpu
 def test_cuda_training_checkpoints_and_resumes(tiny_synth, tmp_path):
     """A few steps on CUDA (mixed precision, selective sampling), cancelled after a checkpoint, then resumed."""
-    from core.loop import checkpoint_step
+    from core.engine.loop import checkpoint_step
 
     cfg = TrainConfig.preset("fast", **{**TINY, "device": "cuda", "steps": 40, "checkpoint_every": 20,
                                         "pixel_sampling": "selective", "eval_views": 1, "eval_max_side": 32})
