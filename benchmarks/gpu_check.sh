@@ -36,6 +36,7 @@ echo "== 2. hash grid alone"
 
 echo "== 3. the suite"
 timeout $(( DEADLINE + 90 )) "$PY" benchmarks/gpu_suite.py --device cuda --fox data/fox --deadline "$DEADLINE" --backend "$BACKEND" \
+  --parts "${PARTS:-synthetic,fox,eval,render,hashgrid,h2d,mesh}" \
   --out "$OUT/gpu_suite_cuda.json" > /dev/null 2> "$OUT/gpu_suite.log"
 echo "suite exit $?"
 tail -40 "$OUT/gpu_suite.log"

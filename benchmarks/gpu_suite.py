@@ -401,12 +401,14 @@ def part_fox(args, ctx: dict, box: TimeBox) -> dict:
     cfg = train_config(args, args.preset, scene_mode="unbounded")
     budget = max(1.0, min(args.fox_seconds, box.left() - 25))
     scene, cap, run = train_for(capture, cfg, budget, [], 0, "fox", box)
-    views = scene.test_indices[:args.eval_views]
     detail = {"train_seconds": run["train_seconds"], "steps": run["steps"]}
     try:
-        (res, eval_s) = timed(lambda: evaluate(scene, cap, views), args.device)
+        # What training runs after its steps: eval_views held-out views at eval_max_side (TrainConfig's defaults).
+        (res, eval_s) = timed(lambda: evaluate(scene, cap, scene.test_indices, args.eval_views, args.eval_max_side),
+                              args.device)
+        views = [None] * res.get("holdout_views", 0)
     except PartTimeout:                 # keep the training figures; the evaluation's own say why they are missing
-        msg = f"PartTimeout: the held-out evaluation of {len(views)} views outran the time box"
+        msg = f"PartTimeout: the held-out evaluation of {args.eval_views} views outran the time box"
         ctx["eval"] = {"error": msg}
         log(f"fox: {msg}")
         figures = {"fox_train_rays_per_s": figure("fox_train_rays_per_s", run["rays_per_s"], **detail),
@@ -414,7 +416,7 @@ def part_fox(args, ctx: dict, box: TimeBox) -> dict:
                    "fox_psnr_holdout_db": failed("fox_psnr_holdout_db", error=msg)}
         return {"figures": figures, "details": {"path": str(path), **{k: v for k, v in run.items() if k != "curve"}}}
     log(f"fox: held-out {res.get('psnr_holdout')} dB on {len(views)} views, evaluated in {eval_s:.2f} s")
-    ctx["eval"] = {"seconds": eval_s, "views": len(views), "scene": "fox", "size": f"{w}x{h}",
+    ctx["eval"] = {"seconds": eval_s, "views": len(views), "scene": "fox", "size": res.get("holdout_size"),
                    "psnr_holdout": res.get("psnr_holdout")}
     figures = {
         "fox_train_rays_per_s": figure("fox_train_rays_per_s", run["rays_per_s"], batch_rays=cfg.batch_rays,
@@ -436,11 +438,10 @@ def part_eval(args, ctx: dict, box: TimeBox) -> dict:
         scene, cap = ctx.get("synthetic_scene"), ctx.get("synthetic_capture")
         if scene is None:
             raise RuntimeError("needs a trained scene: the fox or synthetic part did not produce one")
-        views = scene.test_indices[:args.eval_views]
-        res, sec = timed(lambda: evaluate(scene, cap, views), args.device)
-        w, h = cap.intrinsics[0].width, cap.intrinsics[0].height
-        ctx["eval"] = {"seconds": sec, "views": len(views), "scene": "synthetic", "size": f"{w}x{h}",
-                       "psnr_holdout": res.get("psnr_holdout")}
+        res, sec = timed(lambda: evaluate(scene, cap, scene.test_indices, args.eval_views, args.eval_max_side),
+                         args.device)
+        ctx["eval"] = {"seconds": sec, "views": res.get("holdout_views", 0), "scene": "synthetic",
+                       "size": res.get("holdout_size"), "psnr_holdout": res.get("psnr_holdout")}
     e = ctx["eval"]
     if "error" in e:
         raise RuntimeError(e["error"])
@@ -651,8 +652,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--mesh-view-side", type=int, default=None,
                     help="longest side of the 8 renders that set the mesh's level (128, --small 32)")
     ap.add_argument("--eval-views", type=int, default=None,
-                    help="held-out views of the timed final evaluation (7, --small 2)")
+                    help="held-out views of the timed final evaluation (TrainConfig's default, --small 2)")
+    ap.add_argument("--eval-max-side", type=int, default=None,
+                    help="long side of its renders, px; 0: full size (TrainConfig's default)")
     args = ap.parse_args(argv)
+    from core.models.config import TrainConfig
+
     small = args.small
     defaults = {"preset": "fast" if small else "balanced", "syn_views": 12 if small else 40,
                 "syn_size": 100 if small else 400, "syn_seconds": 20.0 if small else 60.0,
@@ -662,7 +667,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 "h2d_images": (10, 200, 150) if small else (100, 800, 600),
                 "h2d_batch": 8192 if small else 65536, "h2d_steps": 20 if small else 50,
                 "mesh_res": 64 if small else 512, "mesh_view_side": 32 if small else 128,
-                "eval_views": 2 if small else 7, "render_chunk": 1024 if small else 65536,
+                "eval_views": 2 if small else TrainConfig().eval_views,
+                "eval_max_side": TrainConfig().eval_max_side, "render_chunk": 1024 if small else 65536,
                 "eval_chunk": 1024 if small else 0, "deadline": 170.0 if small else 330.0}
     for k, v in defaults.items():
         if getattr(args, k) is None:

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import nn
+from triton.compiler.errors import CompilationError
 
 from core.fields.encoding import _PRIMES_I32, HashGridConfig, init_table, level_layout
 
@@ -30,6 +31,8 @@ _PRIME_Z = tl.constexpr(_PRIMES_I32[2])
 _BLOCK, _WARPS = 128, 4
 _BLOCK_INTERPRETED = 1024
 _OPTIONS = {"enable_fp_fusion": False}
+# Filled once if this Triton fails to compile the paired (vector) reduction; the scalar atomics are used then.
+_PAIRED_UNSUPPORTED: set[bool] = set()
 
 
 def interpreting() -> bool:
@@ -113,7 +116,8 @@ def _red_add_pair(ptr, a, b):
     """grad[ptr] += a, grad[ptr + 1] += b as one 8-byte vector reduction (sm_90+; ptr 8-byte aligned):
     half the atomic operations of two scalar ones. Compiled kernels only (inline PTX)."""
     tl.inline_asm_elementwise("red.global.gpu.relaxed.add.v2.f32 [$1], {$2, $3};\n\tmov.b32 $0, 0;",
-                              "=r,l,f,f", [ptr, a, b], dtype=tl.int32, is_pure=False, pack=1)
+                              "=r,l,f,f", [ptr.to(tl.int64), a, b], dtype=tl.int32, is_pure=False,
+                              pack=1)
 
 
 @triton.jit
@@ -234,9 +238,18 @@ class _HashGridFunction(torch.autograd.Function):
         grad = torch.zeros(n_params, dtype=torch.float32, device=x.device)
         if x.shape[0] > 0:
             grid, block, warps = _launch_shape(x.shape[0])
-            _hash_grid_bwd[grid](x, grad_out.contiguous(), grad, *layout, x.shape[0], N_LEVELS=layout[0].shape[0],
-                                 N_DENSE=n_dense, F=f, PAIRED=_paired_atomics(x.device, f), BLOCK=block,
-                                 num_warps=warps, **_OPTIONS)
+            args = (x, grad_out.contiguous(), grad, *layout, x.shape[0])
+            kw = dict(N_LEVELS=layout[0].shape[0], N_DENSE=n_dense, F=f, BLOCK=block, num_warps=warps, **_OPTIONS)
+            paired = _paired_atomics(x.device, f) and not _PAIRED_UNSUPPORTED
+            try:
+                _hash_grid_bwd[grid](*args, PAIRED=paired, **kw)
+            except CompilationError:
+                if not paired:
+                    raise
+                # This Triton cannot emit the vector reduction (its inline-asm operand rules vary by version):
+                # nothing was launched, so the scalar atomics start from the same zeroed gradient.
+                _PAIRED_UNSUPPORTED.add(True)
+                _hash_grid_bwd[grid](*args, PAIRED=False, **kw)
         return None, grad.to(dtype), None, None, None, None
 
 
