@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from core.errors import UserInputError
-from core.export.config import DEFAULT_MESH_METHOD, ExportConfig
+from core.export.config import DEFAULT_MESH_METHOD, MESH_RESOLUTION_RANGE, ExportConfig
 from core.models.config import EVAL_MAX_SIDE_RANGE, EVAL_VIEWS_MAX, TrainConfig
 
 Stage = Literal["ingest", "poses", "train", "export"]
@@ -69,8 +69,8 @@ class JobSpec(BaseModel):
     mesh_method: Literal["auto", "density", "tsdf"] = _opt(
         "auto", "export", f"mesh extraction: density (marching cubes), tsdf, auto ({DEFAULT_MESH_METHOD})")
     mesh_part: Literal["all", "foreground"] = _opt("all", "export", "foreground needs composition on")
-    mesh_resolution: StrictInt = _opt(256, "export", "marching-cubes samples along the longest side", ge=16,
-                                      le=1024)
+    mesh_resolution: StrictInt = _opt(256, "export", "marching-cubes samples along the longest side",
+                                      ge=MESH_RESOLUTION_RANGE[0], le=MESH_RESOLUTION_RANGE[1])
     mesh_face_budget: StrictInt | None = _opt(None, "export", "decimate meshes to at most this many faces",
                                               ge=100, le=50_000_000)
     frames: StrictInt = _opt(60, "export", "frames of the novel-view orbit and video", ge=1, le=3600)

@@ -12,6 +12,7 @@ MESH_PARTS = ("all", "foreground")
 # The mesh method "mesh" in `what` uses unless mesh_method says otherwise: the more accurate one on the synthetic
 # capture and the analytic stand-in (Chamfer to the true surface, tests/core/export/test_export_real.py).
 DEFAULT_MESH_METHOD = "density"
+MESH_RESOLUTION_RANGE = (16, 1024)       # marching-cubes samples on the long side (the job spec's range too)
 
 
 @dataclass
@@ -80,9 +81,10 @@ class ExportConfig:
         if self.depth_views not in ("all", "train", "test"):
             raise UserInputError("export_bad_depth_views", f"depth_views {self.depth_views!r} is not known.",
                                  "Choose all, train or test.")
-        if not 8 <= self.mesh_resolution <= 2048:
+        lo, hi = MESH_RESOLUTION_RANGE
+        if not lo <= self.mesh_resolution <= hi:
             raise UserInputError("export_bad_resolution", f"mesh resolution {self.mesh_resolution} is out of range.",
-                                 "Use 8 to 2048 (256 is typical, 512 for detail).")
+                                 f"Use {lo} to {hi} (256 is typical, 512 for detail).")
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values (tuples as lists)."""

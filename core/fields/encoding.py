@@ -76,6 +76,20 @@ def init_table(cfg: HashGridConfig, seed: int) -> torch.Tensor:
     return (torch.rand((offsets[-1] + sizes[-1]) * cfg.features_per_level, generator=gen) * 2 - 1) * 1e-4
 
 
+def register_layout(module: nn.Module, cfg: HashGridConfig, index_dtype: torch.dtype) -> int:
+    """Register the level layout as non-persistent buffers of `module`: scales (L,) float32, and resolutions,
+    sizes, offsets (L,) of `index_dtype`. Returns the number of dense levels (hashed ones follow them)."""
+    scales, resolutions, sizes, offsets = level_layout(cfg)
+    module.register_buffer("scales", torch.tensor(scales, dtype=torch.float32), persistent=False)
+    for name, values in (("resolutions", resolutions), ("sizes", sizes), ("offsets", offsets)):
+        module.register_buffer(name, torch.tensor(values, dtype=index_dtype), persistent=False)
+    hashed = [res ** 3 > size for res, size in zip(resolutions, sizes, strict=True)]
+    n_dense = hashed.index(True) if True in hashed else len(hashed)
+    assert all(hashed[n_dense:]), "hashed levels must follow the dense ones"
+    assert all(sizes[i] & (sizes[i] - 1) == 0 for i in range(n_dense, len(sizes))), "hashed tables are 2^k"
+    return n_dense
+
+
 class HashGridTorch(nn.Module):
     """Pure PyTorch multiresolution hash encoding (CPU and CUDA).
 
@@ -86,16 +100,8 @@ class HashGridTorch(nn.Module):
     def __init__(self, cfg: HashGridConfig, seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
-        scales, resolutions, sizes, offsets = level_layout(cfg)
         self.params = nn.Parameter(init_table(cfg, seed))
-        self.register_buffer("scales", torch.tensor(scales, dtype=torch.float32), persistent=False)
-        self.register_buffer("resolutions", torch.tensor(resolutions, dtype=torch.int64), persistent=False)
-        self.register_buffer("sizes", torch.tensor(sizes, dtype=torch.int64), persistent=False)
-        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False)
-        hashed = [res ** 3 > size for res, size in zip(resolutions, sizes, strict=True)]
-        self.n_dense = hashed.index(True) if True in hashed else len(hashed)
-        assert all(hashed[self.n_dense:]), "hashed levels must follow the dense ones"
-        assert all(sizes[i] & (sizes[i] - 1) == 0 for i in range(self.n_dense, len(sizes))), "hashed tables are 2^k"
+        self.n_dense = register_layout(self, cfg, torch.int64)
 
     @property
     def n_output_dims(self) -> int:

@@ -20,7 +20,7 @@ import triton.language as tl
 from torch import nn
 from triton.compiler.errors import CompilationError
 
-from core.fields.encoding import _PRIMES_I32, HashGridConfig, init_table, level_layout
+from core.fields.encoding import _PRIMES_I32, HashGridConfig, init_table, register_layout
 
 _PRIME_Y = tl.constexpr(_PRIMES_I32[1])
 _PRIME_Z = tl.constexpr(_PRIMES_I32[2])
@@ -266,17 +266,9 @@ class HashGridTriton(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.half_table = False
-        scales, resolutions, sizes, offsets = level_layout(cfg)
         self.params = nn.Parameter(init_table(cfg, seed))
-        self.register_buffer("scales", torch.tensor(scales, dtype=torch.float32), persistent=False)
-        self.register_buffer("resolutions", torch.tensor(resolutions, dtype=torch.int32), persistent=False)
-        self.register_buffer("sizes", torch.tensor(sizes, dtype=torch.int32), persistent=False)
-        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int32), persistent=False)
-        hashed = [res ** 3 > size for res, size in zip(resolutions, sizes, strict=True)]
-        self.n_dense = hashed.index(True) if True in hashed else len(hashed)
-        assert all(hashed[self.n_dense:]), "hashed levels must follow the dense ones"
-        assert all(sizes[i] & (sizes[i] - 1) == 0 for i in range(self.n_dense, len(sizes))), "hashed tables are 2^k"
-        assert (offsets[-1] + sizes[-1]) < 2 ** 31, "entry indices are int32"
+        self.n_dense = register_layout(self, cfg, torch.int32)
+        assert self.params.numel() // cfg.features_per_level < 2 ** 31, "entry indices are int32"
 
     @property
     def n_output_dims(self) -> int:

@@ -7,8 +7,6 @@ NaN where unknown. Point sets and meshes are in one frame (e.g. the input frame)
 from __future__ import annotations
 
 import numpy as np
-import trimesh
-from scipy.spatial import cKDTree
 from skimage.metrics import structural_similarity
 
 SSIM_WINDOW = 11   # Gaussian window (sigma 1.5), as mip-NeRF and the usual NeRF evaluation code
@@ -75,27 +73,3 @@ def depth_rmse(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None)
     """Root mean squared depth error over valid pixels, in depth units. Shapes as `depth_abs_rel`."""
     p, g = _depth_pairs(pred, gt, mask)
     return float(np.sqrt(np.mean((p - g) ** 2)))
-
-
-def chamfer_distance(points_a: np.ndarray, points_b: np.ndarray) -> tuple[float, float, float]:
-    """Chamfer distance between point sets (nearest-neighbour distances, not squared).
-
-    points_a: (N, 3), points_b: (M, 3), same frame and units.
-    Returns (symmetric, a_to_b, b_to_a): a_to_b is the mean over a of the distance to the nearest
-    point of b (accuracy, when a is the reconstruction), b_to_a likewise (completeness), and
-    symmetric = (a_to_b + b_to_a) / 2.
-    """
-    a, b = _as_float(points_a).reshape(-1, 3), _as_float(points_b).reshape(-1, 3)
-    if len(a) == 0 or len(b) == 0:
-        raise ValueError("chamfer_distance: empty point set")
-    a_to_b = float(cKDTree(b).query(a, k=1)[0].mean())
-    b_to_a = float(cKDTree(a).query(b, k=1)[0].mean())
-    return 0.5 * (a_to_b + b_to_a), a_to_b, b_to_a
-
-
-def sample_mesh_points(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> np.ndarray:
-    """(n, 3) float64 points uniformly distributed over the mesh surface (area-weighted), mesh frame."""
-    if len(mesh.faces) == 0:
-        raise ValueError("sample_mesh_points: the mesh has no faces")
-    points, _ = trimesh.sample.sample_surface(mesh, int(n), seed=seed)
-    return np.asarray(points, dtype=np.float64)

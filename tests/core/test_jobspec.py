@@ -115,3 +115,23 @@ def test_the_api_docs_carry_the_specs_option_table():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
     assert options_markdown() in doc
     assert all(f"| `{name}` |" in options_markdown() for name in JobSpec.model_fields)
+
+
+def test_the_configs_share_the_specs_defaults_and_ranges():
+    """Where a config validates an option itself, it takes the spec's range; its defaults are the spec's."""
+    from core.export.config import MESH_RESOLUTION_RANGE, ExportConfig
+    from core.models.config import EVAL_MAX_SIDE_RANGE, EVAL_VIEWS_MAX, TrainConfig
+
+    bounds = {name: {type(m).__name__: getattr(m, type(m).__name__.lower()) for m in f.metadata
+                     if type(m).__name__ in ("Ge", "Le")} for name, f in JobSpec.model_fields.items()}
+    assert bounds["mesh_resolution"] == {"Ge": MESH_RESOLUTION_RANGE[0], "Le": MESH_RESOLUTION_RANGE[1]}
+    assert bounds["eval_views"]["Le"] == EVAL_VIEWS_MAX and bounds["eval_max_side"]["Le"] == EVAL_MAX_SIDE_RANGE[1]
+    for bad in (MESH_RESOLUTION_RANGE[0] - 1, MESH_RESOLUTION_RANGE[1] + 1):
+        with pytest.raises(UserInputError):
+            ExportConfig(mesh_resolution=bad)
+    spec, train, export = JobSpec(), TrainConfig(), ExportConfig()
+    assert (spec.eval_views, spec.eval_max_side) == (train.eval_views, train.eval_max_side)
+    for name, field in (("view_max_side", "view_max_side"), ("fps", "fps"), ("frames", "n_frames"),
+                        ("fusion_max_side", "fusion_max_side"), ("mesh_resolution", "mesh_resolution"),
+                        ("depth_views", "depth_views"), ("depth_max_side", "depth_max_side")):
+        assert getattr(spec, name) == getattr(export, field), name

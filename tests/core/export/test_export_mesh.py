@@ -11,6 +11,7 @@ import pytest
 import torch
 import trimesh
 from fixtures.analytic import AnalyticScene, similarity_matrix
+from fixtures.quality import mesh_chamfer
 from scipy.spatial.transform import Rotation
 
 from core.export.density_mesh import density_mesh, mesh_box, surface_level
@@ -26,7 +27,6 @@ from core.export.mesh_clean import (
 from core.export.mesh_colour import vertex_colours
 from core.export.mesh_write import coloured_mesh, write_mesh
 from core.export.pointcloud import backprojected_points, voxel_downsample, write_pointcloud
-from core.export.quality import mesh_chamfer
 from core.export.renders import render_scene_cameras
 from core.export.tsdf import measured_cells, tsdf_mesh
 

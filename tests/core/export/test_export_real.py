@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import trimesh
 from fixtures.analytic import similarity_matrix
+from fixtures.quality import mesh_chamfer
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
@@ -34,7 +35,6 @@ from core.export.config import ExportConfig
 from core.export.depth import decode_depth_png
 from core.export.manifest import verify_manifest
 from core.export.pipeline import export_all
-from core.export.quality import mesh_chamfer
 from core.functional.metrics import depth_abs_rel, psnr
 from core.models.config import TrainConfig
 from core.scene.capture import FrameInfo

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import trimesh
+from fixtures.quality import chamfer_distance, sample_mesh_points
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
-from core.functional.metrics import chamfer_distance, depth_abs_rel, depth_rmse, psnr, sample_mesh_points, ssim
+from core.functional.metrics import depth_abs_rel, depth_rmse, psnr, ssim
 
 
 def _natural_image(seed: int, shape=(64, 80, 3)) -> np.ndarray:

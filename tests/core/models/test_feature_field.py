@@ -346,7 +346,8 @@ def foreground_mesh(scene, resolution: int = 128):
 def test_composition_foreground_mesh_holds_the_objects_not_the_ground(synthetic_small, model):
     """With composition on, the foreground mesh's Chamfer distance to the objects-only mesh is
     <= 2% of the scene diagonal, and the background field carries the ground."""
-    from core.export.quality import mesh_chamfer
+    from fixtures.quality import mesh_chamfer
+
     from core.scene.composition import density_of_part
 
     syn = synthetic_small
