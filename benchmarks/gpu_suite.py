@@ -254,6 +254,7 @@ def train_for(capture, config, budget_s: float, eval_at: list[float], curve_view
                          device=data.device)
     opt = torch.optim.Adam(param_groups(model, config), lr=config.lr, betas=(0.9, 0.99))
     stream, step = ray_training(model, data, config)
+    compile_s = warm_kernels(model, data.device)
     sync(str(data.device))
     setup_s = time.perf_counter() - t
     log(f"{label}: prepared in {setup_s:.1f} s ({len(data.train_indices)} training / {len(data.test_indices)} "
@@ -296,7 +297,8 @@ def train_for(capture, config, budget_s: float, eval_at: list[float], curve_view
         stopped_by = "budget"
     model.eval()
     secs = max(state["seconds"], 1e-9)
-    run = {"setup_s": setup_s, "train_seconds": state["seconds"], "steps": state["steps"],
+    run = {"setup_s": setup_s, "kernel_compile_s": compile_s, "train_seconds": state["seconds"],
+           "steps": state["steps"],
            "planned_steps": config.steps, "stopped_by": stopped_by, "rays": counts["rays"],
            "rays_per_s": counts["rays"] / secs, "samples_per_ray": counts["samples"] / max(counts["rays"], 1),
            "curve": curve, "curve_views": len(views), "curve_eval_s": state["eval_s"],
@@ -304,6 +306,21 @@ def train_for(capture, config, budget_s: float, eval_at: list[float], curve_view
     log(f"{label}: {state['steps']} steps in {state['seconds']:.1f} s ({stopped_by}), "
         f"{run['rays_per_s'] / 1e6:.3f} M rays/s, {run['samples_per_ray']:.1f} samples/ray")
     return scene, data.capture, run
+
+
+def warm_kernels(model, device: torch.device) -> float:
+    """Run the hash grid's forward and backward once, outside the training clock: Triton compiles its kernels on
+    first use (once per machine; they are cached on disk). Returns the seconds it took."""
+    encoding = getattr(model.field, "encoding", None)
+    if encoding is None:
+        return 0.0
+    t = time.perf_counter()
+    x = torch.rand(4096, 3, device=device)
+    encoding(x).sum().backward()
+    for p in encoding.parameters():
+        p.grad = None
+    sync(str(device))
+    return time.perf_counter() - t
 
 
 def first_time_at(curve: list[dict], db: float) -> float | None:
