@@ -13,11 +13,14 @@ from starlette.datastructures import UploadFile
 from api.errors import ApiError
 from api.services import Services
 from core.jobspec import JobSpec, describe
-from service import crud
-from service.intake import check_files
+from service import crud, netguard
+from service.intake import check_files, zip_limits
 from service.joblog import append_log
 from service.models import ApiKey, Job
+from service.settings import Settings
 from service.storage import CHUNK, atomic_write_chunks, remove_tree, safe_filename
+
+MAX_OPTIONS_BYTES = 64 * 1024
 
 
 def check_in_flight(svc: Services, key: ApiKey) -> None:
@@ -30,12 +33,20 @@ def check_in_flight(svc: Services, key: ApiKey) -> None:
 
 
 def parse_options(raw: str | None) -> JobSpec:
-    """The `options` form field (a JSON object) -> JobSpec; 422 with what was wrong."""
+    """The `options` form field (a JSON object of at most MAX_OPTIONS_BYTES) -> JobSpec; 413/422 with what was
+    wrong."""
+    size = len(raw.encode("utf-8", "surrogatepass")) if raw else 0
+    if size > MAX_OPTIONS_BYTES:
+        raise ApiError(413, "options_too_large", f"options is {size} bytes, over the limit of {MAX_OPTIONS_BYTES}",
+                       'send only the options you set, e.g. {"preset": "fast"}')
     try:
         data = json.loads(raw) if raw and raw.strip() else {}
     except json.JSONDecodeError as e:
         raise ApiError(422, "invalid_options", f"options is not valid JSON ({e.msg} at {e.pos})",
                        'send a JSON object, e.g. {"preset": "fast"}') from None
+    except RecursionError:
+        raise ApiError(422, "invalid_options", "options is nested too deeply",
+                       'send a flat JSON object, e.g. {"preset": "fast"}') from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_options", "options must be a JSON object", 'e.g. {"preset": "fast"}')
     return validate_options(data)
@@ -47,6 +58,17 @@ def validate_options(data: dict) -> JobSpec:
     except ValidationError as e:
         raise ApiError(422, "invalid_options", f"options: {describe(e)}",
                        "see JobSpec in /docs for the allowed names and values") from None
+
+
+def check_webhook(settings: Settings, spec: JobSpec) -> None:
+    """422 when the spec's webhook_url points at an internal address (see service.netguard). Resolves the host:
+    blocking, call it from a worker thread."""
+    if spec.webhook_url is None:
+        return
+    try:
+        netguard.check_url(str(spec.webhook_url), settings.webhook_allow_hosts)
+    except netguard.Refused as e:
+        raise ApiError(422, "invalid_options", f"options: webhook_url: {e.message}", e.hint) from None
 
 
 def receive_files(uploads: list[UploadFile], staging: Path) -> list[tuple[Path, str]]:
@@ -85,7 +107,7 @@ def admit(svc: Services, key: ApiKey, staging: Path, named: list[tuple[Path, str
     """
     s = svc.settings
     try:
-        intake = check_files(named, s.max_images, 4 * s.max_upload_bytes)
+        intake = check_files(named, s.max_images, zip_limits(s))
         opts = options.to_store()
         if job_id is None:
             job = crud.create_job(svc.db, key.id, opts, state="queued", input_bytes=intake.bytes,

@@ -15,7 +15,8 @@ from core.errors import UserInputError
 log = logging.getLogger("nerfserve.api")
 
 # UserInputError codes that are not plain 400s.
-CODE_STATUS = {"too_large": 413, "too_many_images": 413, "unsupported_file": 415, "too_many_jobs": 429}
+CODE_STATUS = {"too_large": 413, "too_many_images": 413, "unsupported_file": 415, "too_many_jobs": 429,
+               "zip_too_large": 413, "zip_too_many_members": 413, "zip_ratio_too_high": 413}
 
 
 class ApiError(Exception):

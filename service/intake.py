@@ -7,11 +7,12 @@ early and with a message, what the ingest stage would refuse anyway or what is u
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from core.dataparsers.ingest.archive import ZipLimits, check_members
 from core.errors import UserInputError
+from service.settings import Settings
 
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".heic", ".heif", ".tif", ".tiff", ".webp", ".bmp", ".avif"}
 VIDEO_EXT = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".3gp"}
@@ -38,6 +39,12 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+def zip_limits(settings: Settings) -> ZipLimits:
+    """The caps an uploaded zip is checked against at submission (from the settings)."""
+    return ZipLimits(max_members=settings.max_zip_members, max_uncompressed_bytes=settings.zip_unpacked_cap,
+                     max_ratio=settings.max_zip_ratio)
+
+
 @dataclass
 class Intake:
     """What a set of uploaded files holds."""
@@ -48,16 +55,17 @@ class Intake:
     bytes: int = 0
 
 
-def check_zip(path: Path, name: str, max_images: int, max_unpacked: int) -> Intake:
-    """List a zip (no extraction): refuse zip-slip names, links, bombs; count its images and videos."""
+def check_zip(path: Path, name: str, max_images: int, limits: ZipLimits) -> Intake:
+    """List a zip (no extraction): refuse zip-slip names, links, bombs (declared total size, member count,
+    compression ratio); count its images and videos."""
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise UserInputError("zip_corrupt", f"{name}: not a readable zip archive ({e})",
                              "re-create the archive (e.g. `zip -r capture.zip images/`)") from None
-    # The same member checks as the ingest stage's extraction (names, links, count, declared size).
-    check_members(Path(name), infos, ZipLimits(max_members=2 * max_images + 100, max_uncompressed_bytes=max_unpacked))
+    # The same member checks as the ingest stage's extraction (names, links, count, declared size and ratio).
+    check_members(Path(name), infos, replace(limits, max_members=min(limits.max_members, 2 * max_images + 100)))
     out = Intake(files=1)
     for info in infos:
         if info.is_dir():
@@ -74,7 +82,7 @@ def check_zip(path: Path, name: str, max_images: int, max_unpacked: int) -> Inta
     return out
 
 
-def check_file(path: Path, name: str, max_images: int, max_unpacked: int) -> Intake:
+def check_file(path: Path, name: str, max_images: int, limits: ZipLimits) -> Intake:
     """Check one uploaded file; raise UserInputError naming it if it cannot be used."""
     size = path.stat().st_size
     if size == 0:
@@ -86,20 +94,21 @@ def check_file(path: Path, name: str, max_images: int, max_unpacked: int) -> Int
         raise UserInputError("unsupported_file", f"{name} is not an image, zip or video (by its content)",
                              f"upload {ACCEPTED}")
     if kind == "zip":
-        out = check_zip(path, name, max_images, max_unpacked)
+        out = check_zip(path, name, max_images, limits)
     else:
         out = Intake(files=1, images=int(kind == "image"), videos=int(kind == "video"))
     out.bytes = size
     return out
 
 
-def check_files(paths: list[tuple[Path, str]], max_images: int, max_unpacked: int) -> Intake:
+def check_files(paths: list[tuple[Path, str]], max_images: int, limits: ZipLimits | None = None) -> Intake:
     """Check every (path, original name); the total image count must stay within max_images."""
     if not paths:
         raise UserInputError("no_files", "the upload holds no files", f"send {ACCEPTED} as `files` parts")
+    limits = limits or ZipLimits()
     total = Intake()
     for path, name in paths:
-        one = check_file(path, name, max_images, max_unpacked)
+        one = check_file(path, name, max_images, limits)
         total.files += one.files
         total.images += one.images
         total.videos += one.videos

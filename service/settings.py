@@ -7,11 +7,13 @@ SQLite in the data dir and a broker that needs no server (see cli.embedded).
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "xxx", "todo"}
 
@@ -36,6 +38,10 @@ class Settings(BaseSettings):
     max_jobs_in_flight: int = 4
     max_render_poses: int = 64
     max_render_pixels: int = 4096 * 4096
+    # Zip archives: checked at submission from the declared sizes; the ingest stage checks the bytes it writes.
+    max_unpacked_bytes: int = 0  # what one zip may expand to; 0: 4 x max_upload_bytes
+    max_zip_members: int = 10_000  # also at most 2 x max_images + 100
+    max_zip_ratio: float = Field(200.0, ge=1.0)  # per member, expanded : compressed (members under 1 MiB exempt)
 
     # Workers, leases and the reconciler.
     lease_timeout_s: float = 60.0
@@ -53,6 +59,9 @@ class Settings(BaseSettings):
     webhook_retries: int = 5
     webhook_backoff_s: float = 2.0
     webhook_timeout_s: float = 10.0
+    # Webhook targets allowed although internal (loopback, private, link-local...): host names or CIDRs.
+    # Env: comma-separated, e.g. NERFSERVE_WEBHOOK_ALLOW_HOSTS=hooks.internal,10.1.0.0/16
+    webhook_allow_hosts: Annotated[list[str], NoDecode] = []
 
     cors_origins: list[str] = []
     # Public base URL of the API (for URLs in webhook payloads); empty: paths only.
@@ -70,9 +79,23 @@ class Settings(BaseSettings):
                              "(python -c 'import secrets; print(secrets.token_hex(32))') or leave it empty")
         return v
 
+    @field_validator("webhook_allow_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = json.loads(v) if v.strip().startswith("[") else v.split(",")
+        if isinstance(v, list | tuple):
+            return [str(x).strip() for x in v if str(x).strip()]
+        return v
+
     @cached_property
     def data_root(self) -> Path:
         return self.data_dir.expanduser().resolve()
+
+    @property
+    def zip_unpacked_cap(self) -> int:
+        """What one uploaded zip may expand to (bytes)."""
+        return self.max_unpacked_bytes or 4 * self.max_upload_bytes
 
     @property
     def db_url(self) -> str:

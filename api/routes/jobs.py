@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from api.admission import admit, check_in_flight, parse_options, receive_files, validate_options
+from api.admission import admit, check_in_flight, check_webhook, parse_options, receive_files, validate_options
 from api.deps import Key, Svc, base_url
 from api.errors import ApiError, not_found
 from api.limits import BodyTooLarge
@@ -76,6 +76,7 @@ async def create_job(request: Request, response: Response, svc: Svc, key: Key) -
         if raw_opts is not None and not isinstance(raw_opts, str):
             raise ApiError(422, "invalid_options", "options must be a text field holding JSON, not a file")
         options = parse_options(raw_opts)
+        await run_in_threadpool(check_webhook, s, options)
         if not uploads:
             raise ApiError(400, "no_files", "the request holds no `files` parts",
                            "attach images, a zip or a video as `files`")
@@ -140,7 +141,9 @@ def restart_job(job_id: str, request: Request, svc: Svc, key: Key, body: Restart
     if job.state not in TERMINAL_STATES:
         raise ApiError(409, "job_running", f"the job is {job.state}", "cancel it first, or wait for it to end")
     old = job.options or {}
-    new = validate_options({**old, **((body.options if body else None) or {})}).to_store()
+    spec = validate_options({**old, **((body.options if body else None) or {})})
+    check_webhook(svc.settings, spec)
+    new = spec.to_store()
     done = [s for s in STAGES if s in (job.done_stages or [])]
     changed = first_stage_for_changes(old, new)
     if changed is not None:

@@ -15,7 +15,7 @@ import uuid
 from fastapi import APIRouter, Header, Path, Request
 from sqlalchemy import select
 
-from api.admission import admit, check_in_flight
+from api.admission import admit, check_in_flight, check_webhook
 from api.deps import Key, Svc, base_url
 from api.errors import ApiError, not_found
 from api.schemas import CommitIn, ErrorOut, JobOut, PartOut, UploadCreate, UploadOut, job_out
@@ -180,6 +180,8 @@ def commit_upload(upload_id: str, request: Request, svc: Svc, key: Key, body: Co
     if up.size is not None and total != up.size:
         raise ApiError(400, "size_mismatch", f"received {total} bytes, the upload declared {up.size}",
                        "upload the missing bytes (GET the upload to see its parts)")
+    opts = body.options if body else CommitIn().options
+    check_webhook(svc.settings, opts)
     d = svc.storage.upload_dir(up.id)
     staging = svc.storage.new_staging_dir()
 
@@ -194,7 +196,6 @@ def commit_upload(upload_id: str, request: Request, svc: Svc, key: Key, body: Co
     except BaseException:
         remove_tree(staging)
         raise
-    opts = body.options if body else CommitIn().options
     job = admit(svc, key, staging, [(staging / up.filename, up.filename)], opts, job_id=up.job_id)
     with svc.db.session() as s:
         row = s.get(Upload, up.id)

@@ -70,7 +70,8 @@ def shared_stack(tmp_path_factory):
         pytest.skip("needs Redis at 127.0.0.1:6379")
     prefix = f"test-{uuid.uuid4().hex[:12]}:"
     stack = Stack(tmp_path_factory.mktemp("shared"), f"redis://{REDIS_HOST}:{REDIS_PORT}/9",
-                  redis_key_prefix=prefix, webhook_secret="s3cr3t-for-tests", webhook_backoff_s=0.5)
+                  redis_key_prefix=prefix, webhook_secret="s3cr3t-for-tests", webhook_backoff_s=0.5,
+                  webhook_allow_hosts="127.0.0.1")  # the test's sink listens on loopback
     try:
         stack.start_api()
         stack.start_worker(FAKE_STEP_S="0.05")
